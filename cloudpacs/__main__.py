@@ -1,0 +1,3 @@
+from cloudpacs.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,136 @@
+"""One frozen Settings object, built once from defaults, a TOML file and CLOUDPACS_* env vars.
+
+Precedence (lowest to highest): defaults, TOML file, environment, command-line overrides.
+Nothing else in the package reads os.environ.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from cloudpacs.errors import ConfigError
+
+ENV_PREFIX = "CLOUDPACS_"
+CONFLICT_POLICIES = ("keep-first", "overwrite")
+AFTER_INGEST_ACTIONS = ("delete", "move")
+
+
+@dataclass(frozen=True)
+class Settings:
+    home: Path = Path("var")
+    watch: Path | None = None
+    http_host: str = "127.0.0.1"
+    http_port: int = 8080
+    mongo_uri: str | None = field(default=None, repr=False)
+    database: str = "cloudpacs"
+    ferretdb_binary: Path = Path(".tools/bin/ferretdb")
+    conflict_policy: str = "keep-first"
+    after_ingest: str = "delete"
+    ingest_concurrency: int = 8
+    file_settle_seconds: float = 1.0
+    drain_seconds: float = 10.0
+    max_upload_bytes: int = 4 * 1024**3
+    orphan_grace_seconds: float = 3600.0
+    sweep_interval_seconds: float = 300.0
+    log_level: str = "INFO"
+
+    @property
+    def inbox(self) -> Path:
+        return self.watch if self.watch is not None else self.home / "inbox"
+
+    @property
+    def done_dir(self) -> Path:
+        return self.home / "done"
+
+    @property
+    def failed_dir(self) -> Path:
+        return self.home / "failed"
+
+    @property
+    def embedded_db_dir(self) -> Path:
+        return self.home / "db"
+
+    def masked(self) -> dict[str, Any]:
+        """Effective settings for display, with secrets masked."""
+        out = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+        if self.mongo_uri:
+            out["mongo_uri"] = mask_uri(self.mongo_uri)
+        return {k: (str(v) if isinstance(v, Path) else v) for k, v in out.items()}
+
+
+def mask_uri(uri: str) -> str:
+    """Hide the password in mongodb://user:password@host URIs."""
+    scheme, sep, rest = uri.partition("://")
+    creds, at, hosts = rest.rpartition("@")
+    if not sep or not at:
+        return uri
+    user = creds.split(":", 1)[0]
+    return f"{scheme}://{user}:***@{hosts}"
+
+
+def load_settings(
+    config_file: Path | None = None,
+    overrides: Mapping[str, Any] | None = None,
+    environ: Mapping[str, str] | None = None,
+) -> Settings:
+    """Build and validate Settings; raises ConfigError with one clear message."""
+    environ = os.environ if environ is None else environ
+    values: dict[str, Any] = {}
+    config_file = config_file or _path_or_none(environ.get(ENV_PREFIX + "CONFIG"))
+    if config_file is not None:
+        try:
+            values.update(tomllib.loads(config_file.read_text()))
+        except (OSError, tomllib.TOMLDecodeError) as exc:
+            raise ConfigError(f"cannot read config file {config_file}: {exc}") from exc
+    names = {f.name: f for f in dataclasses.fields(Settings)}
+    for name in names:
+        env_value = environ.get(ENV_PREFIX + name.upper())
+        if env_value is not None:
+            values[name] = env_value
+    values.update({k: v for k, v in (overrides or {}).items() if v is not None})
+    unknown = sorted(set(values) - set(names))
+    if unknown:
+        raise ConfigError(f"unknown setting(s): {', '.join(unknown)}")
+    kwargs = {name: _coerce(name, names[name].type, value) for name, value in values.items()}
+    settings = Settings(**kwargs)
+    _validate(settings)
+    return settings
+
+
+def _path_or_none(value: str | None) -> Path | None:
+    return Path(value) if value else None
+
+
+def _coerce(name: str, type_name: object, value: Any) -> Any:
+    text = str(type_name)
+    try:
+        if "Path" in text:
+            return None if value in (None, "") else Path(value)
+        if text == "int":
+            return int(value)
+        if text == "float":
+            return float(value)
+        if "str" in text:
+            return None if value is None else str(value)
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"setting {name}: {value!r} is not a valid {text}") from exc
+    return value
+
+
+def _validate(s: Settings) -> None:
+    if s.conflict_policy not in CONFLICT_POLICIES:
+        raise ConfigError(f"conflict_policy must be one of {CONFLICT_POLICIES}")
+    if s.after_ingest not in AFTER_INGEST_ACTIONS:
+        raise ConfigError(f"after_ingest must be one of {AFTER_INGEST_ACTIONS}")
+    if not 0 < s.http_port < 65536:
+        raise ConfigError("http_port must be between 1 and 65535")
+    if s.ingest_concurrency < 1:
+        raise ConfigError("ingest_concurrency must be at least 1")
+    if s.mongo_uri is not None and not s.mongo_uri.startswith(("mongodb://", "mongodb+srv://")):
+        raise ConfigError("mongo_uri must start with mongodb:// or mongodb+srv://")

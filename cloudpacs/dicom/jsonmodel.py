@@ -1,0 +1,118 @@
+"""Dataset -> DICOM JSON model (PS3.18 Annex F), bulk data referenced instead of inlined.
+
+Walks the dataset without loading deferred (large) values: a bulk element is described by
+where its value lies in the file, so WADO-RS can later serve it by byte range.
+"""
+
+from __future__ import annotations
+
+import struct
+from dataclasses import dataclass, field
+from typing import Any
+
+from pydicom.datadict import dictionary_VR
+from pydicom.dataelem import DataElement, RawDataElement
+from pydicom.dataset import Dataset
+from pydicom.tag import BaseTag
+
+# Values of these VRs longer than the threshold become BulkDataURIs (PS3.18 F.2.7).
+BULK_VRS = frozenset({"OB", "OD", "OF", "OL", "OV", "OW", "UN"})
+BULK_THRESHOLD_BYTES = 1024
+PIXEL_DATA = 0x7FE00010
+UNDEFINED_LENGTH = 0xFFFFFFFF
+
+# pydicom raises any of these on malformed element values of untrusted input.
+VALUE_ERRORS = (
+    ValueError,
+    TypeError,
+    KeyError,
+    IndexError,
+    OverflowError,
+    UnicodeError,
+    NotImplementedError,
+    AttributeError,
+    struct.error,
+)
+
+
+@dataclass(frozen=True)
+class BulkRef:
+    """Where a bulk value lies in the stored file (length may be undefined for pixel data)."""
+
+    offset: int
+    length: int
+
+
+@dataclass
+class JsonResult:
+    meta: dict[str, Any]
+    bulk: dict[str, BulkRef] = field(default_factory=dict)
+    warnings: list[str] = field(default_factory=list)
+
+
+def tag_key(tag: int) -> str:
+    return f"{tag:08X}"
+
+
+def dataset_to_json(ds: Dataset) -> JsonResult:
+    """The DICOM JSON of `ds` (file meta excluded), its bulk references and any warnings."""
+    result = JsonResult(meta={})
+    result.meta = _walk(ds, "", result)
+    return result
+
+
+def _walk(ds: Dataset, prefix: str, result: JsonResult) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for tag in sorted(ds.keys()):
+        if tag.group == 0x0002:
+            continue
+        key = tag_key(tag)
+        path = f"{prefix}{key}"
+        try:
+            out[key] = _element_json(ds, tag, path, result)
+        except VALUE_ERRORS as exc:
+            result.warnings.append(f"{key}: value not decodable ({type(exc).__name__})")
+            out[key] = {"vr": _vr_of(ds.get_item(tag, keep_deferred=True), tag) or "UN"}
+    return out
+
+
+def _element_json(ds: Dataset, tag: BaseTag, path: str, result: JsonResult) -> dict[str, Any]:
+    item = ds.get_item(tag, keep_deferred=True)
+    vr = _vr_of(item, tag)
+    if isinstance(item, RawDataElement) and vr is not None:
+        vr = _resolve_ambiguous(vr, ds, tag)
+        is_bulk_size = item.length > BULK_THRESHOLD_BYTES or tag == PIXEL_DATA
+        if vr in BULK_VRS and item.length and is_bulk_size:
+            result.bulk[path] = BulkRef(offset=item.value_tell, length=item.length)
+            return {"vr": vr, "BulkDataURI": f"bulkdata/{path}"}
+    elem = ds[tag]
+    if elem.VR == "SQ":
+        items = [
+            _walk(child, f"{path}/{index}/", result) for index, child in enumerate(elem.value)
+        ]
+        return {"vr": "SQ", "Value": items} if items else {"vr": "SQ"}
+    return _to_json(elem)
+
+
+def _to_json(elem: DataElement) -> dict[str, Any]:
+    as_json: dict[str, Any] = elem.to_json_dict(None, 0)
+    return as_json
+
+
+def _vr_of(item: DataElement | RawDataElement | Any, tag: BaseTag) -> str | None:
+    vr = getattr(item, "VR", None)
+    if vr:
+        return str(vr)
+    try:
+        return str(dictionary_VR(tag))
+    except KeyError:
+        return "UN"
+
+
+def _resolve_ambiguous(vr: str, ds: Dataset, tag: BaseTag) -> str:
+    if " or " not in vr:
+        return vr
+    if tag == PIXEL_DATA:
+        bits = ds.get("BitsAllocated", 16)
+        return "OW" if isinstance(bits, int) and bits > 8 else "OB"
+    return vr.split(" or ")[0]

@@ -1,0 +1,149 @@
+"""Which attributes belong to the study and series levels, and what QIDO-RS returns per level.
+
+Tag lists follow PS3.18 Table 10.6.3-3 (required return attributes) and the Patient/Study and
+Series modules of PS3.3; they decide what the study and series rollup documents carry.
+"""
+
+from __future__ import annotations
+
+from enum import Enum
+
+
+class Level(str, Enum):
+    STUDY = "study"
+    SERIES = "series"
+    INSTANCE = "instance"
+
+
+SPECIFIC_CHARACTER_SET = "00080005"
+STUDY_DATE = "00080020"
+STUDY_TIME = "00080030"
+ACCESSION_NUMBER = "00080050"
+INSTANCE_AVAILABILITY = "00080056"
+MODALITIES_IN_STUDY = "00080061"
+MODALITY = "00080060"
+REFERRING_PHYSICIAN_NAME = "00080090"
+TIMEZONE_OFFSET = "00080201"
+RETRIEVE_URL = "00081190"
+SOP_CLASS_UID = "00080016"
+SOP_INSTANCE_UID = "00080018"
+SOP_CLASSES_IN_STUDY = "00080062"
+PATIENT_NAME = "00100010"
+PATIENT_ID = "00100020"
+PATIENT_BIRTH_DATE = "00100030"
+PATIENT_SEX = "00100040"
+STUDY_INSTANCE_UID = "0020000D"
+SERIES_INSTANCE_UID = "0020000E"
+STUDY_ID = "00200010"
+SERIES_NUMBER = "00200011"
+INSTANCE_NUMBER = "00200013"
+NUMBER_OF_STUDY_RELATED_SERIES = "00201206"
+NUMBER_OF_STUDY_RELATED_INSTANCES = "00201208"
+NUMBER_OF_SERIES_RELATED_INSTANCES = "00201209"
+SERIES_DESCRIPTION = "0008103E"
+STUDY_DESCRIPTION = "00081030"
+PERFORMED_START_DATE = "00400244"
+PERFORMED_START_TIME = "00400245"
+ROWS = "00280010"
+COLUMNS = "00280011"
+BITS_ALLOCATED = "00280100"
+NUMBER_OF_FRAMES = "00280008"
+
+# Attributes copied from the first instance of a study into its study document.
+STUDY_ATTRIBUTES = (
+    SPECIFIC_CHARACTER_SET,
+    STUDY_DATE,
+    STUDY_TIME,
+    ACCESSION_NUMBER,
+    REFERRING_PHYSICIAN_NAME,
+    TIMEZONE_OFFSET,
+    STUDY_DESCRIPTION,
+    PATIENT_NAME,
+    PATIENT_ID,
+    "00100021",  # IssuerOfPatientID
+    PATIENT_BIRTH_DATE,
+    PATIENT_SEX,
+    "00101010",  # PatientAge
+    "00101020",  # PatientSize
+    "00101030",  # PatientWeight
+    STUDY_INSTANCE_UID,
+    STUDY_ID,
+)
+
+# Attributes copied from the first instance of a series into its series document.
+SERIES_ATTRIBUTES = (
+    SPECIFIC_CHARACTER_SET,
+    MODALITY,
+    TIMEZONE_OFFSET,
+    SERIES_DESCRIPTION,
+    SERIES_INSTANCE_UID,
+    SERIES_NUMBER,
+    PERFORMED_START_DATE,
+    PERFORMED_START_TIME,
+    "00400275",  # RequestAttributesSequence
+    "00180015",  # BodyPartExamined
+    "00080021",  # SeriesDate
+    "00080031",  # SeriesTime
+    "00200060",  # Laterality
+    "00185100",  # PatientPosition
+    "00080070",  # Manufacturer
+    "00081090",  # ManufacturerModelName
+    "00080080",  # InstitutionName
+)
+
+# PS3.18 Table 10.6.3-3: attributes every QIDO-RS answer carries at each level.
+REQUIRED_RETURN = {
+    Level.STUDY: (
+        SPECIFIC_CHARACTER_SET,
+        STUDY_DATE,
+        STUDY_TIME,
+        ACCESSION_NUMBER,
+        INSTANCE_AVAILABILITY,
+        MODALITIES_IN_STUDY,
+        REFERRING_PHYSICIAN_NAME,
+        TIMEZONE_OFFSET,
+        RETRIEVE_URL,
+        PATIENT_NAME,
+        PATIENT_ID,
+        PATIENT_BIRTH_DATE,
+        PATIENT_SEX,
+        STUDY_INSTANCE_UID,
+        STUDY_ID,
+        NUMBER_OF_STUDY_RELATED_SERIES,
+        NUMBER_OF_STUDY_RELATED_INSTANCES,
+    ),
+    Level.SERIES: (
+        SPECIFIC_CHARACTER_SET,
+        MODALITY,
+        TIMEZONE_OFFSET,
+        SERIES_DESCRIPTION,
+        RETRIEVE_URL,
+        SERIES_INSTANCE_UID,
+        SERIES_NUMBER,
+        NUMBER_OF_SERIES_RELATED_INSTANCES,
+        PERFORMED_START_DATE,
+        PERFORMED_START_TIME,
+        "00400275",
+    ),
+    Level.INSTANCE: (
+        SPECIFIC_CHARACTER_SET,
+        SOP_CLASS_UID,
+        SOP_INSTANCE_UID,
+        INSTANCE_AVAILABILITY,
+        TIMEZONE_OFFSET,
+        RETRIEVE_URL,
+        INSTANCE_NUMBER,
+        ROWS,
+        COLUMNS,
+        BITS_ALLOCATED,
+        NUMBER_OF_FRAMES,
+    ),
+}
+
+# A level's answer also carries the attributes of the levels above it when those are not
+# fixed by the URL (PS3.18 10.6.3.3.1).
+LEVEL_ATTRIBUTES = {
+    Level.STUDY: frozenset(STUDY_ATTRIBUTES)
+    | {MODALITIES_IN_STUDY, NUMBER_OF_STUDY_RELATED_SERIES, NUMBER_OF_STUDY_RELATED_INSTANCES},
+    Level.SERIES: frozenset(SERIES_ATTRIBUTES) | {NUMBER_OF_SERIES_RELATED_INSTANCES},
+}

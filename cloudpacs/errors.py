@@ -1,0 +1,62 @@
+"""The error tree. The branch carries the decision: reject (never retry) or retry later.
+
+    CloudPacsError
+      ConfigError       bad settings; the process refuses to start
+      NotFound          -> 404
+      InvalidRequest    -> 400
+      NotAcceptable     -> 406
+      PayloadTooLarge   -> 413
+      UnsupportedMedia  -> 415
+      Rejected          the input is refused for good (STOW: FailedSOPSequence; folder: failed/)
+        InvalidDicom    not parseable, or the base DICOM attributes are missing or malformed
+        Conflict        same SOP Instance UID, different bytes, and the policy keeps the first
+      Unavailable       -> 503; the database is unreachable; ingest retries and keeps the source
+
+The only error-to-status table is in cloudpacs.http.middleware.
+"""
+
+
+class CloudPacsError(Exception):
+    """Base of every error cloudpacs raises on purpose."""
+
+
+class ConfigError(CloudPacsError):
+    pass
+
+
+class NotFound(CloudPacsError):
+    pass
+
+
+class InvalidRequest(CloudPacsError):
+    pass
+
+
+class NotAcceptable(CloudPacsError):
+    pass
+
+
+class PayloadTooLarge(CloudPacsError):
+    pass
+
+
+class UnsupportedMedia(CloudPacsError):
+    pass
+
+
+class Rejected(CloudPacsError):
+    """Permanent refusal of an input; `reason` is a short stable code for metrics."""
+
+    reason = "rejected"
+
+
+class InvalidDicom(Rejected):
+    reason = "invalid-dicom"
+
+
+class Conflict(Rejected):
+    reason = "conflict"
+
+
+class Unavailable(CloudPacsError):
+    pass

@@ -1,0 +1,184 @@
+"""The one use case: a DICOM file -> a stored, searchable instance. Source-agnostic, idempotent.
+
+Every front door (watched folder, bulk import, STOW-RS, later SQS) hands a local file here.
+Outcomes: stored, duplicate (same bytes already stored), rejected (permanent, with a reason).
+Transient failures raise Unavailable: the caller keeps its source and retries later.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+from dataclasses import dataclass
+from enum import Enum
+from pathlib import Path
+from typing import Any
+
+from bson import ObjectId
+
+from cloudpacs.dicom.parse import ParsedInstance, parse_file
+from cloudpacs.errors import Conflict, Rejected
+from cloudpacs.metrics import Metrics
+from cloudpacs.storage import documents
+from cloudpacs.storage.instances import AlreadyStored, InstanceStore, utcnow
+
+log = logging.getLogger(__name__)
+
+
+class Outcome(str, Enum):
+    STORED = "stored"
+    DUPLICATE = "duplicate"
+    REJECTED = "rejected"
+
+
+@dataclass(frozen=True)
+class IngestResult:
+    outcome: Outcome
+    sop_uid: str | None = None
+    sop_class_uid: str | None = None
+    study_uid: str | None = None
+    reason: str | None = None
+    reason_code: str | None = None
+
+    @classmethod
+    def of(cls, outcome: Outcome, parsed: ParsedInstance) -> IngestResult:
+        return cls(outcome, parsed.sop_uid, parsed.sop_class_uid, parsed.study_uid)
+
+
+@dataclass(frozen=True)
+class Source:
+    """Where an input came from: a kind for metrics (bounded) and a name for the record."""
+
+    kind: str
+    name: str = ""
+
+
+class Ingestor:
+    def __init__(
+        self,
+        store: InstanceStore,
+        metrics: Metrics,
+        conflict_policy: str = "keep-first",
+        max_bytes: int | None = None,
+    ) -> None:
+        self.store = store
+        self.metrics = metrics
+        self.conflict_policy = conflict_policy
+        self.max_bytes = max_bytes
+
+    async def ingest(self, path: Path, source: Source) -> IngestResult:
+        started = time.perf_counter()
+        gauge = self.metrics.ingests_in_flight.labels(source.kind)
+        gauge.inc()
+        try:
+            result = await self._ingest(path, source)
+        except Rejected as exc:
+            result = IngestResult(Outcome.REJECTED, reason=str(exc), reason_code=exc.reason)
+        except BaseException:
+            self.metrics.ingests.labels(source.kind, "failed").inc()
+            raise
+        finally:
+            gauge.dec()
+        self.metrics.ingests.labels(source.kind, result.outcome.value).inc()
+        self.metrics.ingest_seconds.labels(source.kind).observe(time.perf_counter() - started)
+        if result.outcome is Outcome.REJECTED:
+            self.metrics.rejections.labels(source.kind, result.reason_code or "rejected").inc()
+            log.info(
+                "ingest.rejected",
+                extra={"source": source.kind, "reason": result.reason, "sop_instance_uid": result.sop_uid},
+            )
+        else:
+            log.debug(
+                f"ingest.{result.outcome.value}",
+                extra={"source": source.kind, "sop_instance_uid": result.sop_uid},
+            )
+        return result
+
+    async def _ingest(self, path: Path, source: Source) -> IngestResult:
+        parsed = await asyncio.to_thread(parse_file, path, self.max_bytes)
+        existing = await self.store.existing(parsed.sop_uid)
+        if existing is not None:
+            if existing["sha256"] == parsed.sha256:
+                return IngestResult.of(Outcome.DUPLICATE, parsed)
+            if self.conflict_policy == "keep-first":
+                raise _conflict(parsed, existing)
+        file_ids = await self._upload(path, parsed)
+        try:
+            doc = await self._document(parsed, file_ids, source)
+            if existing is not None:
+                return await self._overwrite(parsed, doc, existing, file_ids)
+            try:
+                await self.store.insert(doc)
+            except AlreadyStored:
+                await self.store.delete_files(file_ids)
+                return await self._lost_race(parsed)
+        except BaseException:
+            await _quietly_delete(self.store, file_ids)
+            raise
+        await self._finish(doc, file_ids)
+        self.metrics.stored_bytes.inc(parsed.size)
+        return IngestResult.of(Outcome.STORED, parsed)
+
+    async def _upload(self, path: Path, parsed: ParsedInstance) -> list[ObjectId]:
+        return [await self.store.upload_file(path, parsed.sop_uid)]
+
+    async def _document(
+        self, parsed: ParsedInstance, file_ids: list[ObjectId], source: Source
+    ) -> dict[str, Any]:
+        record = {"kind": source.kind, "name": source.name}
+        doc = documents.instance_document(parsed, file_ids[0], record, utcnow())
+        if documents.is_oversized(doc):
+            data = json.dumps(parsed.meta).encode()
+            meta_id = await self.store.upload_bytes(data, parsed.sop_uid, "dicom-json")
+            file_ids.append(meta_id)
+            doc["meta"] = documents.reduced_meta(parsed.meta)
+            doc["meta_file_id"] = meta_id
+        return doc
+
+    async def _finish(self, doc: dict[str, Any], file_ids: list[ObjectId]) -> None:
+        """Post-visibility bookkeeping; if it fails, the sweep completes it later."""
+        await self.store.settle_uploads(file_ids)
+        await self.store.apply_rollups(doc)
+
+    async def _lost_race(self, parsed: ParsedInstance) -> IngestResult:
+        """A concurrent ingest stored the same SOP Instance UID first."""
+        existing = await self.store.existing(parsed.sop_uid)
+        if existing is not None and existing["sha256"] == parsed.sha256:
+            return IngestResult.of(Outcome.DUPLICATE, parsed)
+        raise _conflict(parsed, existing or {})
+
+    async def _overwrite(
+        self,
+        parsed: ParsedInstance,
+        doc: dict[str, Any],
+        existing: dict[str, Any],
+        file_ids: list[ObjectId],
+    ) -> IngestResult:
+        if not await self.store.replace(doc, existing["sha256"]):
+            await self.store.delete_files(file_ids)
+            raise Conflict(f"SOP Instance UID {parsed.sop_uid} changed during overwrite; retry")
+        old_files = [existing["file_id"], *([existing["meta_file_id"]] if existing.get("meta_file_id") else [])]
+        await self.store.settle_uploads(file_ids)
+        await self.store.delete_files(old_files)
+        for study in {existing["study"], parsed.study_uid}:
+            await self.store.recompute_rollups(study)
+        self.metrics.stored_bytes.inc(parsed.size)
+        return IngestResult.of(Outcome.STORED, parsed)
+
+
+def _conflict(parsed: ParsedInstance, existing: dict[str, Any]) -> Conflict:
+    return Conflict(
+        f"SOP Instance UID {parsed.sop_uid} is already stored with different content "
+        f"(stored sha256 {str(existing.get('sha256', '?'))[:12]}…, "
+        f"new {parsed.sha256[:12]}…); policy keep-first keeps the stored one"
+    )
+
+
+async def _quietly_delete(store: InstanceStore, file_ids: list[ObjectId]) -> None:
+    """Best-effort cleanup on failure; the journal lets the sweep finish what this cannot."""
+    try:
+        await asyncio.shield(store.delete_files(file_ids))
+    except Exception:  # noqa: BLE001 - the original error matters more; sweep cleans up
+        log.warning("ingest.cleanup_deferred", extra={"files": len(file_ids)})

@@ -1,0 +1,44 @@
+"""Every Prometheus metric, named once. Labels take bounded values only."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+
+class Metrics:
+    """One registry per process (or per test app), passed down like any dependency."""
+
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry or CollectorRegistry()
+        r = self.registry
+        self.ingests = Counter(
+            "cloudpacs_ingests",
+            "Instances ingested, by source and outcome (stored, duplicate, rejected, failed)",
+            ["source", "outcome"],
+            registry=r,
+        )
+        self.rejections = Counter(
+            "cloudpacs_rejections", "Rejected inputs by reason code", ["source", "reason"], registry=r
+        )
+        self.stored_bytes = Counter(
+            "cloudpacs_stored_bytes", "Bytes of DICOM files stored", registry=r
+        )
+        self.ingest_seconds = Histogram(
+            "cloudpacs_ingest_seconds",
+            "Time to ingest one instance",
+            ["source"],
+            buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
+            registry=r,
+        )
+        self.ingests_in_flight = Gauge(
+            "cloudpacs_ingests_in_flight", "Ingests under way", ["source"], registry=r
+        )
+        self.http_seconds = Histogram(
+            "cloudpacs_http_request_seconds",
+            "HTTP request latency by route template, method and status",
+            ["route", "method", "status"],
+            registry=r,
+        )
+        self.http_in_flight = Gauge(
+            "cloudpacs_http_requests_in_flight", "HTTP requests under way", registry=r
+        )

@@ -1,0 +1,262 @@
+"""InstanceStore: the only place that reads and writes instances, rollups and GridFS files.
+
+Write order (no multi-document transactions on FerretDB, so visibility is one insert):
+  1. an `uploads` journal entry names the GridFS file id about to be written
+  2. the file bytes go to GridFS                       (invisible: nothing references them)
+  3. the instance document is inserted                 (the instance is now visible)
+  4. the journal entry is removed; series and study rollups are updated, then the
+     instance's `rollup_pending` flag is cleared
+A crash before 3 leaves a journal entry whose file (chunks included) the sweep deletes; after
+3, a flagged instance whose rollups the sweep recomputes from the instances themselves.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator, Sequence
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from bson import ObjectId
+from gridfs import AsyncGridFSBucket
+from gridfs.errors import NoFile
+from pymongo import ReturnDocument
+from pymongo.errors import DuplicateKeyError
+
+from cloudpacs.errors import NotFound
+from cloudpacs.storage import documents
+from cloudpacs.storage.database import Database, translate_errors
+from cloudpacs.storage.schema import FILES_BUCKET, INSTANCES, SERIES, STUDIES, UPLOADS
+
+CHUNK_BYTES = 255 * 1024  # GridFS default chunk size
+UPSERT_RETRIES = 3
+
+
+class AlreadyStored(Exception):
+    """An instance with this SOP Instance UID exists (raised by insert)."""
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+class InstanceStore:
+    def __init__(self, database: Database) -> None:
+        self.db = database.db
+        self.bucket = AsyncGridFSBucket(self.db, bucket_name=FILES_BUCKET)
+        self.instances = self.db[INSTANCES]
+        self.series = self.db[SERIES]
+        self.studies = self.db[STUDIES]
+        self.files = self.db[f"{FILES_BUCKET}.files"]
+        self.uploads = self.db[UPLOADS]
+
+    # ---- write path -------------------------------------------------------------------
+    async def upload_file(self, path: Path, name: str, kind: str = "dicom") -> ObjectId:
+        """Copy a local file into GridFS under a journal entry; aborted on failure."""
+        file_id = await self._journal(name)
+        async with translate_errors():
+            grid_in = self.bucket.open_upload_stream_with_id(
+                file_id, name, metadata={"kind": kind}
+            )
+            try:
+                with path.open("rb") as fp:
+                    while chunk := await asyncio.to_thread(fp.read, CHUNK_BYTES * 4):
+                        await grid_in.write(chunk)
+                await grid_in.close()
+            except BaseException:
+                await _abort(grid_in)
+                raise
+        return file_id
+
+    async def upload_bytes(self, data: bytes, name: str, kind: str) -> ObjectId:
+        file_id = await self._journal(name)
+        async with translate_errors():
+            await self.bucket.upload_from_stream_with_id(
+                file_id, name, data, metadata={"kind": kind}
+            )
+        return file_id
+
+    async def _journal(self, name: str) -> ObjectId:
+        file_id = ObjectId()
+        async with translate_errors():
+            await self.uploads.insert_one({"_id": file_id, "name": name, "started_at": utcnow()})
+        return file_id
+
+    async def settle_uploads(self, file_ids: Sequence[ObjectId]) -> None:
+        """The files are referenced by a stored instance now: forget their journal entries."""
+        async with translate_errors():
+            await self.uploads.delete_many({"_id": {"$in": list(file_ids)}})
+
+    async def delete_files(self, file_ids: Sequence[Any]) -> None:
+        """Delete GridFS files (chunks too, even without a files document) and their entries."""
+        async with translate_errors():
+            for file_id in file_ids:
+                await self.db[f"{FILES_BUCKET}.chunks"].delete_many({"files_id": file_id})
+                await self.files.delete_one({"_id": file_id})
+                await self.uploads.delete_one({"_id": file_id})
+
+    async def existing(self, sop_uid: str) -> dict[str, Any] | None:
+        async with translate_errors():
+            doc: dict[str, Any] | None = await self.instances.find_one(
+                {"_id": sop_uid},
+                {"sha256": 1, "file_id": 1, "meta_file_id": 1, "study": 1, "series": 1},
+            )
+        return doc
+
+    async def insert(self, doc: dict[str, Any]) -> None:
+        async with translate_errors():
+            try:
+                await self.instances.insert_one(doc)
+            except DuplicateKeyError as exc:
+                raise AlreadyStored(doc["_id"]) from exc
+
+    async def replace(self, doc: dict[str, Any], expected_sha256: str) -> bool:
+        """Swap the stored instance for `doc` if it still has `expected_sha256`."""
+        async with translate_errors():
+            result = await self.instances.replace_one(
+                {"_id": doc["_id"], "sha256": expected_sha256}, doc
+            )
+        return result.matched_count == 1
+
+    async def apply_rollups(self, doc: dict[str, Any]) -> None:
+        """Count one new instance into its series and study, then clear its flag."""
+        now = utcnow()
+        async with translate_errors():
+            before = await self._upsert(self.series, doc["series"], documents.series_upsert(doc, now))
+            new_series = before is None
+            await self._upsert(self.studies, doc["study"], documents.study_upsert(doc, new_series, now))
+            await self.instances.update_one({"_id": doc["_id"]}, {"$unset": {"rollup_pending": ""}})
+
+    async def _upsert(self, collection: Any, key: str, update: dict[str, Any]) -> Any:
+        for attempt in range(UPSERT_RETRIES):
+            try:
+                return await collection.find_one_and_update(
+                    {"_id": key}, update, upsert=True, return_document=ReturnDocument.BEFORE
+                )
+            except DuplicateKeyError:
+                if attempt == UPSERT_RETRIES - 1:
+                    raise
+        return None
+
+    async def recompute_rollups(self, study_uid: str) -> None:
+        """Rebuild a study's and its series' rollups from the instances (crash repair)."""
+        now = utcnow()
+        async with translate_errors():
+            series_uids = await self.instances.distinct("series", {"study": study_uid})
+            study_total = 0
+            modalities: set[str] = set()
+            sop_classes: set[str] = set()
+            first: dict[str, Any] | None = None
+            for series_uid in series_uids:
+                cursor = self.instances.find({"series": series_uid}, {"meta": 1, "modality": 1,
+                                              "series_number": 1, "study": 1, "sop_class": 1,
+                                              **{k: 1 for k in documents.STUDY_KEYS}})
+                docs = await cursor.to_list(None)
+                study_total += len(docs)
+                modalities |= {d["modality"] for d in docs if d.get("modality")}
+                sop_classes |= {d["sop_class"] for d in docs}
+                first = first or docs[0]
+                series_doc = documents.series_upsert(docs[0], now)
+                await self.series.replace_one(
+                    {"_id": series_uid},
+                    {**series_doc["$setOnInsert"], "instance_count": len(docs), "updated_at": now},
+                    upsert=True,
+                )
+            await self.series.delete_many({"study": study_uid, "_id": {"$nin": series_uids}})
+            if first is None:
+                await self.studies.delete_one({"_id": study_uid})
+            else:
+                study_doc = documents.study_upsert(first, True, now)["$setOnInsert"]
+                await self.studies.replace_one(
+                    {"_id": study_uid},
+                    {
+                        **study_doc,
+                        "instance_count": study_total,
+                        "series_count": len(series_uids),
+                        "modalities": sorted(modalities),
+                        "sop_classes": sorted(sop_classes),
+                        "updated_at": now,
+                    },
+                    upsert=True,
+                )
+            await self.instances.update_many(
+                {"study": study_uid, "rollup_pending": True}, {"$unset": {"rollup_pending": ""}}
+            )
+
+    # ---- read path --------------------------------------------------------------------
+    async def find(
+        self,
+        collection: str,
+        query: dict[str, Any],
+        *,
+        projection: dict[str, Any] | None = None,
+        sort: list[tuple[str, int]] | None = None,
+        skip: int = 0,
+        limit: int = 0,
+    ) -> list[dict[str, Any]]:
+        async with translate_errors():
+            cursor = self.db[collection].find(query, projection, skip=skip, limit=limit)
+            if sort:
+                cursor = cursor.sort(sort)
+            result: list[dict[str, Any]] = await cursor.to_list(None)
+        return result
+
+    async def distinct(self, collection: str, key: str, query: dict[str, Any]) -> list[Any]:
+        async with translate_errors():
+            values: list[Any] = await self.db[collection].distinct(key, query)
+        return values
+
+    async def iter_instances(
+        self, query: dict[str, Any], projection: dict[str, Any] | None = None
+    ) -> AsyncIterator[dict[str, Any]]:
+        """Instances in retrieval order (series number, instance number), one at a time."""
+        async with translate_errors():
+            cursor = self.instances.find(query, projection).sort(
+                [("series_number", 1), ("series", 1), ("instance_number", 1), ("_id", 1)]
+            )
+            async for doc in cursor:
+                yield doc
+
+    async def full_meta(self, doc: dict[str, Any]) -> dict[str, Any]:
+        """The complete DICOM JSON of an instance, from GridFS when it was too large inline."""
+        meta_file_id = doc.get("meta_file_id")
+        if meta_file_id is None:
+            meta: dict[str, Any] = doc["meta"]
+            return meta
+        chunks = [chunk async for chunk in self.stream_file(meta_file_id)]
+        loaded: dict[str, Any] = json.loads(b"".join(chunks))
+        return loaded
+
+    async def stream_file(self, file_id: Any) -> AsyncIterator[bytes]:
+        async with translate_errors():
+            try:
+                grid_out = await self.bucket.open_download_stream(file_id)
+            except NoFile as exc:
+                raise NotFound("stored file is missing") from exc
+            while chunk := await grid_out.readchunk():
+                yield chunk
+
+    async def read_range(self, file_id: Any, offset: int, length: int) -> AsyncIterator[bytes]:
+        """Bytes [offset, offset+length) of a stored file, read chunk by chunk."""
+        async with translate_errors():
+            try:
+                grid_out = await self.bucket.open_download_stream(file_id)
+            except NoFile as exc:
+                raise NotFound("stored file is missing") from exc
+            await grid_out.seek(offset)
+            remaining = length
+            while remaining > 0:
+                chunk = await grid_out.read(min(remaining, CHUNK_BYTES))
+                if not chunk:
+                    break
+                remaining -= len(chunk)
+                yield chunk
+
+
+async def _abort(grid_in: Any) -> None:
+    try:
+        await grid_in.abort()
+    except Exception:  # noqa: BLE001 - best effort; the sweep removes what abort could not
+        pass

@@ -1,0 +1,114 @@
+"""Collections, indexes and the server-side validator (`cloudpacs db init`).
+
+FerretDB v1.24 (our embedded database) has no collection validators: creating one answers
+NotImplemented. We detect that, say so, and rely on the application's own validation, which
+runs on every ingest whatever the server.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from pymongo import ASCENDING, IndexModel
+from pymongo.errors import CollectionInvalid, OperationFailure
+
+from cloudpacs.storage.database import NOT_IMPLEMENTED_CODE, Database, translate_errors
+
+log = logging.getLogger(__name__)
+
+INSTANCES = "instances"
+SERIES = "series"
+STUDIES = "studies"
+FILES_BUCKET = "fs"
+UPLOADS = "uploads"  # journal of GridFS files being written (see storage.instances)
+
+_UID_PATTERN = r"^(0|[1-9][0-9]*)(\.(0|[1-9][0-9]*))*$"
+_UID_SCHEMA = {"bsonType": "string", "maxLength": 64, "pattern": _UID_PATTERN}
+
+INSTANCE_VALIDATOR: dict[str, Any] = {
+    "$jsonSchema": {
+        "bsonType": "object",
+        "required": ["_id", "study", "series", "sop_class", "sha256", "size", "file_id"],
+        "properties": {
+            "_id": _UID_SCHEMA,
+            "study": _UID_SCHEMA,
+            "series": _UID_SCHEMA,
+            "sop_class": _UID_SCHEMA,
+            "sha256": {"bsonType": "string", "minLength": 64, "maxLength": 64},
+            "size": {"bsonType": ["int", "long"], "minimum": 1},
+        },
+    }
+}
+
+# Every supported QIDO match on a normalised key has an index; the rest scan `meta`.
+INSTANCE_INDEXES = [
+    IndexModel([("study", ASCENDING), ("series", ASCENDING), ("instance_number", ASCENDING)]),
+    IndexModel([("series", ASCENDING)]),
+    IndexModel([("sop_class", ASCENDING)]),
+    IndexModel([("patient_id", ASCENDING)]),
+    IndexModel([("patient_name", ASCENDING)]),
+    IndexModel([("study_date", ASCENDING)]),
+    IndexModel([("accession", ASCENDING)]),
+    IndexModel([("modality", ASCENDING)]),
+    IndexModel([("rollup_pending", ASCENDING)], sparse=True),
+]
+SERIES_INDEXES = [
+    IndexModel([("study", ASCENDING), ("series_number", ASCENDING)]),
+    IndexModel([("modality", ASCENDING)]),
+]
+STUDY_INDEXES = [
+    IndexModel([("patient_id", ASCENDING)]),
+    IndexModel([("patient_name", ASCENDING)]),
+    IndexModel([("study_date", ASCENDING), ("study_time", ASCENDING)]),
+    IndexModel([("accession", ASCENDING)]),
+    IndexModel([("modalities", ASCENDING)]),
+    IndexModel([("referring_physician", ASCENDING)]),
+]
+UPLOAD_INDEXES = [IndexModel([("started_at", ASCENDING)])]
+
+
+async def init_schema(database: Database) -> list[str]:
+    """Create collections and indexes idempotently; returns notes for the operator."""
+    db = database.db
+    notes: list[str] = []
+    async with translate_errors():
+        notes.append(await _create_validated_instances(database))
+        existing = set(await db.list_collection_names())
+        for name in (SERIES, STUDIES, UPLOADS):
+            if name not in existing:
+                await db.create_collection(name)
+        await db[INSTANCES].create_indexes(INSTANCE_INDEXES)
+        await db[SERIES].create_indexes(SERIES_INDEXES)
+        await db[STUDIES].create_indexes(STUDY_INDEXES)
+        await db[UPLOADS].create_indexes(UPLOAD_INDEXES)
+        await db[f"{FILES_BUCKET}.files"].create_index([("filename", 1), ("uploadDate", 1)])
+        await db[f"{FILES_BUCKET}.chunks"].create_index(
+            [("files_id", 1), ("n", 1)], unique=True
+        )
+    notes.append("indexes ready")
+    return notes
+
+
+async def _create_validated_instances(database: Database) -> str:
+    db = database.db
+    try:
+        if INSTANCES in await db.list_collection_names():
+            await db.command("collMod", INSTANCES, validator=INSTANCE_VALIDATOR)
+        else:
+            await db.create_collection(INSTANCES, validator=INSTANCE_VALIDATOR)
+        return "server-side $jsonSchema validator installed on instances"
+    except OperationFailure as exc:
+        if exc.code != NOT_IMPLEMENTED_CODE:
+            raise
+    try:
+        await db.create_collection(INSTANCES)
+    except CollectionInvalid:
+        pass  # already exists
+    info = await database.server_info()
+    note = (
+        f"server-side validation is unavailable on {info.name} {info.version}: "
+        "relying on the application's validation"
+    )
+    log.warning("schema.validator_unavailable", extra={"server": info.name})
+    return note
