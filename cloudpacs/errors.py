@@ -10,6 +10,7 @@
       Rejected          the input is refused for good (STOW: FailedSOPSequence; folder: failed/)
         InvalidDicom    not parseable, or the base DICOM attributes are missing or malformed
         Conflict        same SOP Instance UID, different bytes, and the policy keeps the first
+        WrongStudy      STOW-RS to /studies/{study} of an instance of another study
       Unavailable       -> 503; the database is unreachable; ingest retries and keeps the source
 
 The only error-to-status table is in cloudpacs.http.middleware.
@@ -49,6 +50,13 @@ class Rejected(CloudPacsError):
 
     reason = "rejected"
 
+    def __init__(
+        self, message: str, sop_uid: str | None = None, sop_class_uid: str | None = None
+    ) -> None:
+        super().__init__(message)
+        self.sop_uid = sop_uid
+        self.sop_class_uid = sop_class_uid
+
 
 class InvalidDicom(Rejected):
     reason = "invalid-dicom"
@@ -56,6 +64,10 @@ class InvalidDicom(Rejected):
 
 class Conflict(Rejected):
     reason = "conflict"
+
+
+class WrongStudy(Rejected):
+    reason = "wrong-study"
 
 
 class Unavailable(CloudPacsError):

@@ -19,7 +19,7 @@ from typing import Any
 from bson import ObjectId
 
 from cloudpacs.dicom.parse import ParsedInstance, parse_file
-from cloudpacs.errors import Conflict, Rejected
+from cloudpacs.errors import Conflict, Rejected, WrongStudy
 from cloudpacs.metrics import Metrics
 from cloudpacs.storage import documents
 from cloudpacs.storage.instances import AlreadyStored, InstanceStore, utcnow
@@ -39,12 +39,15 @@ class IngestResult:
     sop_uid: str | None = None
     sop_class_uid: str | None = None
     study_uid: str | None = None
+    series_uid: str | None = None
     reason: str | None = None
     reason_code: str | None = None
 
     @classmethod
     def of(cls, outcome: Outcome, parsed: ParsedInstance) -> IngestResult:
-        return cls(outcome, parsed.sop_uid, parsed.sop_class_uid, parsed.study_uid)
+        return cls(
+            outcome, parsed.sop_uid, parsed.sop_class_uid, parsed.study_uid, parsed.series_uid
+        )
 
 
 @dataclass(frozen=True)
@@ -68,14 +71,22 @@ class Ingestor:
         self.conflict_policy = conflict_policy
         self.max_bytes = max_bytes
 
-    async def ingest(self, path: Path, source: Source) -> IngestResult:
+    async def ingest(
+        self, path: Path, source: Source, expected_study: str | None = None
+    ) -> IngestResult:
         started = time.perf_counter()
         gauge = self.metrics.ingests_in_flight.labels(source.kind)
         gauge.inc()
         try:
-            result = await self._ingest(path, source)
+            result = await self._ingest(path, source, expected_study)
         except Rejected as exc:
-            result = IngestResult(Outcome.REJECTED, reason=str(exc), reason_code=exc.reason)
+            result = IngestResult(
+                Outcome.REJECTED,
+                sop_uid=exc.sop_uid,
+                sop_class_uid=exc.sop_class_uid,
+                reason=str(exc),
+                reason_code=exc.reason,
+            )
         except BaseException:
             self.metrics.ingests.labels(source.kind, "failed").inc()
             raise
@@ -96,8 +107,17 @@ class Ingestor:
             )
         return result
 
-    async def _ingest(self, path: Path, source: Source) -> IngestResult:
+    async def _ingest(
+        self, path: Path, source: Source, expected_study: str | None
+    ) -> IngestResult:
         parsed = await asyncio.to_thread(parse_file, path, self.max_bytes)
+        if expected_study is not None and parsed.study_uid != expected_study:
+            raise WrongStudy(
+                f"instance {parsed.sop_uid} belongs to study {parsed.study_uid}, "
+                f"not to {expected_study} named in the URL",
+                parsed.sop_uid,
+                parsed.sop_class_uid,
+            )
         existing = await self.store.existing(parsed.sop_uid)
         if existing is not None:
             if existing["sha256"] == parsed.sha256:
@@ -158,7 +178,11 @@ class Ingestor:
     ) -> IngestResult:
         if not await self.store.replace(doc, existing["sha256"]):
             await self.store.delete_files(file_ids)
-            raise Conflict(f"SOP Instance UID {parsed.sop_uid} changed during overwrite; retry")
+            raise Conflict(
+                f"SOP Instance UID {parsed.sop_uid} changed during overwrite; retry",
+                parsed.sop_uid,
+                parsed.sop_class_uid,
+            )
         old_files = [existing["file_id"], *([existing["meta_file_id"]] if existing.get("meta_file_id") else [])]
         await self.store.settle_uploads(file_ids)
         await self.store.delete_files(old_files)
@@ -172,7 +196,9 @@ def _conflict(parsed: ParsedInstance, existing: dict[str, Any]) -> Conflict:
     return Conflict(
         f"SOP Instance UID {parsed.sop_uid} is already stored with different content "
         f"(stored sha256 {str(existing.get('sha256', '?'))[:12]}…, "
-        f"new {parsed.sha256[:12]}…); policy keep-first keeps the stored one"
+        f"new {parsed.sha256[:12]}…); policy keep-first keeps the stored one",
+        parsed.sop_uid,
+        parsed.sop_class_uid,
     )
 
 

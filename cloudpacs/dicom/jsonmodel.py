@@ -116,3 +116,17 @@ def _resolve_ambiguous(vr: str, ds: Dataset, tag: BaseTag) -> str:
         bits = ds.get("BitsAllocated", 16)
         return "OW" if isinstance(bits, int) and bits > 8 else "OB"
     return vr.split(" or ")[0]
+
+
+def with_absolute_bulk_uris(meta: dict[str, Any], instance_url: str) -> dict[str, Any]:
+    """A copy of `meta` whose relative BulkDataURIs point below `instance_url`."""
+    out: dict[str, Any] = {}
+    for tag, element in meta.items():
+        uri = element.get("BulkDataURI")
+        if uri is not None and not uri.startswith(("http://", "https://")):
+            element = {**element, "BulkDataURI": f"{instance_url}/{uri}"}
+        elif element.get("vr") == "SQ" and element.get("Value"):
+            items = [with_absolute_bulk_uris(item, instance_url) for item in element["Value"]]
+            element = {**element, "Value": items}
+        out[tag] = element
+    return out

@@ -1,0 +1,24 @@
+"""The aiohttp application: services in, routes and middleware wired."""
+
+from __future__ import annotations
+
+from aiohttp import web
+
+from cloudpacs.http.middleware import error_middleware
+from cloudpacs.http.routes import add_routes
+from cloudpacs.http.services import SERVICES, Services
+
+# Request line and headers: generous for long QIDO URLs, bounded against abuse.
+MAX_LINE_SIZE = 16 * 1024
+MAX_FIELD_SIZE = 16 * 1024
+
+
+def create_app(services: Services) -> web.Application:
+    app = web.Application(
+        middlewares=[error_middleware(services.metrics)],
+        client_max_size=services.settings.max_upload_bytes,
+        handler_args={"max_line_size": MAX_LINE_SIZE, "max_field_size": MAX_FIELD_SIZE},
+    )
+    app[SERVICES] = services
+    add_routes(app)
+    return app

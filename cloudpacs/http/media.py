@@ -1,0 +1,146 @@
+"""Media types: Accept negotiation (PS3.18 8.7) and streamed multipart/related answers."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+
+from aiohttp import web
+
+from cloudpacs.dicom.transcode import EXPLICIT_LE
+from cloudpacs.errors import NotAcceptable
+from cloudpacs.retrieve import AS_STORED, Part
+
+DICOM_JSON = "application/dicom+json"
+
+
+@dataclass(frozen=True)
+class MediaRange:
+    type: str
+    params: dict[str, str] = field(default_factory=dict)
+    q: float = 1.0
+
+
+def parse_accept(header: str | None) -> list[MediaRange]:
+    """Accept header -> media ranges, best first. A missing header accepts anything."""
+    if not header or not header.strip():
+        return [MediaRange("*/*")]
+    ranges: list[MediaRange] = []
+    for item in _split_outside_quotes(header, ","):
+        pieces = _split_outside_quotes(item, ";")
+        media = pieces[0].strip().lower()
+        if not media:
+            continue
+        params: dict[str, str] = {}
+        for piece in pieces[1:]:
+            key, _, value = piece.partition("=")
+            params[key.strip().lower()] = value.strip().strip('"')
+        try:
+            q = float(params.pop("q", "1"))
+        except ValueError:
+            q = 1.0
+        ranges.append(MediaRange(media, params, q))
+    return sorted(ranges, key=lambda r: -r.q)
+
+
+def _split_outside_quotes(text: str, sep: str) -> list[str]:
+    parts, current, quoted = [], [], False
+    for char in text:
+        if char == '"':
+            quoted = not quoted
+        if char == sep and not quoted:
+            parts.append("".join(current))
+            current = []
+        else:
+            current.append(char)
+    parts.append("".join(current))
+    return parts
+
+
+def negotiate_json(header: str | None) -> None:
+    """QIDO and metadata answer application/dicom+json; 406 if the client takes neither JSON."""
+    for r in parse_accept(header):
+        if r.q > 0 and r.type in (DICOM_JSON, "application/json", "application/*", "*/*"):
+            return
+    raise NotAcceptable(f"this resource is available as {DICOM_JSON} only")
+
+
+def negotiate_dicom(header: str | None) -> str:
+    """The transfer syntax to send instances in: '*' for as stored (PS3.18 8.7.3.5)."""
+    for r in parse_accept(header):
+        if r.q <= 0:
+            continue
+        if r.type in ("*/*", "multipart/*") or (
+            r.type == "multipart/related" and r.params.get("type", "application/dicom") in ("application/dicom", "*/*")
+        ):
+            return _transfer_syntax(r)
+    raise NotAcceptable('instances are available as multipart/related; type="application/dicom"')
+
+
+def _transfer_syntax(r: MediaRange) -> str:
+    requested = r.params.get("transfer-syntax", EXPLICIT_LE)
+    if requested in ("1.2.840.10008.1.2", "1.2.840.10008.1.2.2"):
+        # PS3.18 8.7.3.5.2: Implicit VR and Big Endian are never sent over the web
+        raise NotAcceptable(f"transfer syntax {requested} is not allowed by DICOMweb")
+    return AS_STORED if requested == "*" else requested
+
+
+def negotiate_frames(header: str | None) -> bool:
+    """Whether frames may be sent as stored (compressed) rather than decoded."""
+    for r in parse_accept(header):
+        if r.q <= 0:
+            continue
+        part_type = r.params.get("type", "application/octet-stream")
+        syntax = r.params.get("transfer-syntax")
+        if r.type in ("*/*", "multipart/*"):
+            return False
+        if r.type == "multipart/related":
+            if part_type == "application/octet-stream":
+                return syntax == "*"
+            if part_type.startswith("image/") or part_type == "*/*":
+                return True
+    raise NotAcceptable('frames are available as multipart/related; type="application/octet-stream"')
+
+
+def negotiate_bulkdata(header: str | None) -> None:
+    for r in parse_accept(header):
+        if r.q > 0 and (
+            r.type in ("*/*", "multipart/*", "application/octet-stream")
+            or (r.type == "multipart/related" and r.params.get("type", "application/octet-stream") in ("application/octet-stream", "*/*"))
+        ):
+            return
+    raise NotAcceptable('bulk data is available as multipart/related; type="application/octet-stream"')
+
+
+async def stream_multipart(
+    request: web.Request, part_type: str, parts: AsyncIterator[Part]
+) -> web.StreamResponse:
+    """Write parts as they come. aiohttp's MultipartWriter wants sized payloads up front, so
+    the (simple, RFC 2046) framing is written here to stream each part from GridFS."""
+    boundary = uuid.uuid4().hex
+    response = web.StreamResponse(
+        headers={"Content-Type": f'multipart/related; type="{part_type}"; boundary={boundary}'}
+    )
+    started = False
+    async for part in parts:
+        if not started:
+            await response.prepare(request)
+            started = True
+        header = f"--{boundary}\r\nContent-Type: {part.content_type}\r\n"
+        if part.location:
+            header += f"Content-Location: {part.location}\r\n"
+        await response.write((header + "\r\n").encode())
+        async for chunk in part.body:
+            await response.write(chunk)
+        await response.write(b"\r\n")
+    if not started:
+        await response.prepare(request)
+    await response.write(f"--{boundary}--\r\n".encode())
+    await response.write_eof()
+    return response
+
+
+async def single_parts(content_type: str, bodies: list[AsyncIterator[bytes]]) -> AsyncIterator[Part]:
+    for body in bodies:
+        yield Part(content_type, body)

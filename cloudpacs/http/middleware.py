@@ -1,0 +1,75 @@
+"""The one error-to-status table, and request metrics by route template."""
+
+from __future__ import annotations
+
+import logging
+import time
+import uuid
+from collections.abc import Awaitable, Callable
+
+from aiohttp import web
+
+from cloudpacs import errors
+from cloudpacs.metrics import Metrics
+
+log = logging.getLogger(__name__)
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+STATUS_BY_ERROR: list[tuple[type[errors.CloudPacsError], int]] = [
+    (errors.NotFound, 404),
+    (errors.InvalidRequest, 400),
+    (errors.NotAcceptable, 406),
+    (errors.PayloadTooLarge, 413),
+    (errors.UnsupportedMedia, 415),
+    (errors.Conflict, 409),
+    (errors.Rejected, 400),
+    (errors.Unavailable, 503),
+]
+
+
+def status_for(exc: errors.CloudPacsError) -> int:
+    for error_type, status in STATUS_BY_ERROR:
+        if isinstance(exc, error_type):
+            return status
+    return 500
+
+
+def error_middleware(metrics: Metrics) -> Callable[[web.Request, Handler], Awaitable[web.StreamResponse]]:
+    @web.middleware
+    async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+        started = time.perf_counter()
+        route = _route_template(request)
+        status = 500
+        metrics.http_in_flight.inc()
+        try:
+            response = await handler(request)
+            status = response.status
+            return response
+        except web.HTTPException as exc:
+            status = exc.status
+            raise
+        except errors.CloudPacsError as exc:
+            status = status_for(exc)
+            if status == 500:
+                raise
+            headers = {"Retry-After": "5"} if status == 503 else None
+            return web.json_response({"error": str(exc)}, status=status, headers=headers)
+        except Exception:
+            request_id = uuid.uuid4().hex[:12]
+            log.exception("http.unhandled", extra={"request_id": request_id, "route": route})
+            return web.json_response(
+                {"error": "internal error", "request_id": request_id}, status=500
+            )
+        finally:
+            metrics.http_in_flight.dec()
+            metrics.http_seconds.labels(route, request.method, str(status)).observe(
+                time.perf_counter() - started
+            )
+
+    return middleware
+
+
+def _route_template(request: web.Request) -> str:
+    resource = request.match_info.route.resource
+    return resource.canonical if resource is not None else "unmatched"

@@ -1,0 +1,91 @@
+"""Composition root: settings -> database (embedded or configured) -> services.
+
+cli.py uses this to run any mix of the HTTP API, the folder daemon and the importer.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+
+from cloudpacs.config import Settings
+from cloudpacs.embedded import EmbeddedFerretDB
+from cloudpacs.http.services import Services
+from cloudpacs.ingest import Ingestor
+from cloudpacs.metrics import Metrics
+from cloudpacs.retrieve import RetrieveService
+from cloudpacs.search import SearchService
+from cloudpacs.storage.database import Database, open_database
+from cloudpacs.storage.instances import InstanceStore
+from cloudpacs.storage.schema import init_schema
+from cloudpacs.storage.sweep import sweep
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Runtime:
+    settings: Settings
+    database: Database
+    store: InstanceStore
+    ingestor: Ingestor
+    metrics: Metrics
+    schema_notes: list[str]
+
+    def services(self) -> Services:
+        return Services(
+            settings=self.settings,
+            database=self.database,
+            search=SearchService(self.store),
+            retrieve=RetrieveService(self.store),
+            ingestor=self.ingestor,
+            metrics=self.metrics,
+        )
+
+
+def build_runtime(
+    settings: Settings, database: Database, metrics: Metrics, notes: list[str]
+) -> Runtime:
+    store = InstanceStore(database)
+    ingestor = Ingestor(store, metrics, settings.conflict_policy, settings.max_upload_bytes)
+    return Runtime(settings, database, store, ingestor, metrics, notes)
+
+
+@contextlib.asynccontextmanager
+async def open_runtime(settings: Settings, sweep_periodically: bool = True) -> AsyncIterator[Runtime]:
+    """Start what the settings ask for; tear it down in reverse order."""
+    async with contextlib.AsyncExitStack() as stack:
+        uri = settings.mongo_uri
+        if uri is None:
+            server = EmbeddedFerretDB(settings.ferretdb_binary, settings.embedded_db_dir)
+            await server.start()
+            stack.push_async_callback(server.stop)
+            uri = server.uri
+        database = open_database(uri, settings.database)
+        stack.push_async_callback(database.close)
+        await database.ping()
+        notes = await init_schema(database)
+        runtime = build_runtime(settings, database, Metrics(), notes)
+        if sweep_periodically:
+            task = asyncio.create_task(_sweep_forever(runtime))
+            stack.push_async_callback(_cancel, task)
+        yield runtime
+
+
+async def _sweep_forever(runtime: Runtime) -> None:
+    settings = runtime.settings
+    while True:
+        try:
+            await sweep(runtime.store, settings.orphan_grace_seconds)
+        except Exception:  # noqa: BLE001 - a failed sweep must not stop the archive
+            log.exception("sweep.failed")
+        await asyncio.sleep(settings.sweep_interval_seconds)
+
+
+async def _cancel(task: asyncio.Task[None]) -> None:
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
