@@ -103,7 +103,10 @@ def _read(path: Path) -> pydicom.Dataset:
     try:
         return pydicom.dcmread(path, defer_size=DEFER_SIZE_BYTES)
     except InvalidDicomError as exc:
-        raise InvalidDicom(f"not a DICOM Part 10 file: {exc}") from exc
+        raise InvalidDicom(
+            "not a DICOM Part 10 file: no 'DICM' prefix after the 128-byte preamble "
+            "or no File Meta Information"
+        ) from exc
     except (EOFError, OSError, *VALUE_ERRORS) as exc:
         raise InvalidDicom(f"unreadable DICOM ({type(exc).__name__}: {exc})"[:300]) from exc
 

@@ -1,0 +1,40 @@
+# The same targets locally and in CI. `make run` and `make test` install what they need.
+SHELL := /bin/bash
+PY := .venv/bin/python
+VENV_STAMP := .venv/.installed
+FERRETDB := .tools/bin/ferretdb
+
+.PHONY: run test lint typecheck bench deps ferretdb system-deps clean
+
+run: deps
+	.venv/bin/cloudpacs run
+
+test: deps
+	$(PY) -m pytest -q $(PYTEST_ARGS)
+
+lint: $(VENV_STAMP)
+	.venv/bin/ruff check cloudpacs tests perf
+	.venv/bin/ruff format --check cloudpacs tests perf
+
+typecheck: $(VENV_STAMP)
+	.venv/bin/mypy cloudpacs
+
+bench: deps
+	scripts/install-system-deps.sh apache2-utils
+	$(PY) perf/bench_core.py
+
+deps: $(VENV_STAMP) ferretdb
+
+ferretdb: $(FERRETDB)
+
+$(FERRETDB): tools/ferretdb/go.mod tools/ferretdb/go.sum tools/ferretdb/main.go
+	scripts/build-ferretdb.sh
+
+$(VENV_STAMP): pyproject.toml
+	test -x .venv/bin/python || python3 -m venv .venv
+	.venv/bin/pip install -q --upgrade pip
+	.venv/bin/pip install -q -e '.[dev]'
+	touch $(VENV_STAMP)
+
+clean:
+	rm -rf .venv .tools var
