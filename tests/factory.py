@@ -9,7 +9,7 @@ from typing import Any
 
 import numpy as np
 import pydicom
-from pydicom.data import get_testdata_files
+from pydicom.data import get_charset_files, get_testdata_files
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import (
     CTImageStorage,
@@ -124,3 +124,37 @@ def study_date(days_ago: int) -> str:
 
 def read(path: Path) -> Dataset:
     return pydicom.dcmread(path)
+
+
+def charset_samples(folder: Path) -> list[tuple[Path, Dataset]]:
+    """pydicom's character-set samples (charset_files/*.dcm) made into valid Part 10 instances.
+
+    The samples carry names in many character sets but no UIDs; we add UIDs and leave the
+    encoded names untouched. Returns (path, original dataset) pairs."""
+    out = []
+    for source in sorted(Path(p) for p in get_charset_files() if p.endswith(".dcm")):
+        ds = pydicom.dcmread(source, force=True)
+        original = pydicom.dcmread(source, force=True)
+        if "PatientName" not in original:
+            continue
+        ds.file_meta = FileMetaDataset()
+        ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+        ds.SOPClassUID = "1.2.840.10008.5.1.4.1.1.7"
+        ds.SOPInstanceUID = generate_uid()
+        ds.StudyInstanceUID = generate_uid()
+        ds.SeriesInstanceUID = generate_uid()
+        ds.file_meta.MediaStorageSOPClassUID = ds.SOPClassUID
+        ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+        path = folder / source.name
+        ds.save_as(path, enforce_file_format=True, implicit_vr=False, little_endian=True)
+        out.append((path, original))
+    return out
+
+
+def write_invalid(path: Path, **changes: Any) -> None:
+    """A Part 10 file whose base attributes are changed (possibly made invalid)."""
+    ds = make_dataset(Spec())
+    for keyword, value in changes.items():
+        setattr(ds, keyword, value)
+    ds.preamble = b"\0" * 128
+    pydicom.dcmwrite(path, ds, enforce_file_format=False)

@@ -24,10 +24,12 @@ from cloudpacs.dicom.jsonmodel import (
     tag_key,
 )
 from cloudpacs.dicom.keys import search_keys
+from cloudpacs.dicom.transcode import DEFLATED_LE
 from cloudpacs.dicom.uids import uid_problem
 from cloudpacs.errors import InvalidDicom
 
 HASH_CHUNK_BYTES = 1024 * 1024
+UNKNOWN_OFFSET = -1  # bulk value whose position in the file is not known (deflated)
 # Values larger than this are not read into memory while parsing (see jsonmodel).
 DEFER_SIZE_BYTES = 1024
 
@@ -82,7 +84,13 @@ def parse_file(path: Path, max_bytes: int | None = None) -> ParsedInstance:
     if problem := uid_problem(transfer_syntax):
         raise InvalidDicom(f"TransferSyntaxUID (0002,0010) {problem}")
     json_result = dataset_to_json(ds)
-    pixels = _pixel_layout(path, ds, json_result.bulk.get(tag_key(PIXEL_DATA)))
+    if transfer_syntax == DEFLATED_LE:
+        # Offsets point into the inflated stream, not the file: bulk data and frames of
+        # deflated instances are served by parsing the whole instance instead.
+        bulk = {path: BulkRef(UNKNOWN_OFFSET, ref.length) for path, ref in json_result.bulk.items()}
+        json_result.bulk, pixels = bulk, None
+    else:
+        pixels = _pixel_layout(path, ds, json_result.bulk.get(tag_key(PIXEL_DATA)))
     return ParsedInstance(
         study_uid=uids["study"],
         series_uid=uids["series"],

@@ -86,3 +86,14 @@ def decode_frame(attrs: dict[str, Any], stored: str, fragments: list[bytes]) -> 
     ds["PixelData"].VR = "OB"
     array: np.ndarray[Any, Any] = ds.pixel_array
     return array.astype(array.dtype.newbyteorder("<")).tobytes()
+
+
+def element_bytes(data: bytes, path: str) -> bytes:
+    """The raw value of the element at a bulk path ("7FE00010", "00540016/0/00181072")
+    found by parsing the whole instance (for deflated instances, whose offsets are unknown)."""
+    ds: Any = pydicom.dcmread(BytesIO(data))
+    parts = path.split("/")
+    for tag, index in zip(parts[:-1:2], parts[1::2], strict=True):
+        ds = ds[int(tag, 16)].value[int(index)]
+    value = ds[int(parts[-1], 16)].value
+    return bytes(value)
