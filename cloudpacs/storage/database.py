@@ -49,10 +49,12 @@ class Database:
         await self.client.close()
 
 
-def open_database(uri: str, name: str) -> Database:
+def open_database(
+    uri: str, name: str, server_selection_timeout_ms: int = SERVER_SELECTION_TIMEOUT_MS
+) -> Database:
     client: AsyncMongoClient = AsyncMongoClient(  # type: ignore[type-arg]
         uri,
-        serverSelectionTimeoutMS=SERVER_SELECTION_TIMEOUT_MS,
+        serverSelectionTimeoutMS=server_selection_timeout_ms,
         tz_aware=True,
         appname="cloudpacs",
     )
