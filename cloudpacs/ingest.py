@@ -12,7 +12,7 @@ import json
 import logging
 import time
 from dataclasses import dataclass
-from enum import Enum
+from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +27,7 @@ from cloudpacs.storage.instances import AlreadyStored, InstanceStore, utcnow
 log = logging.getLogger(__name__)
 
 
-class Outcome(str, Enum):
+class Outcome(StrEnum):
     STORED = "stored"
     DUPLICATE = "duplicate"
     REJECTED = "rejected"
@@ -98,7 +98,11 @@ class Ingestor:
             self.metrics.rejections.labels(source.kind, result.reason_code or "rejected").inc()
             log.info(
                 "ingest.rejected",
-                extra={"source": source.kind, "reason": result.reason, "sop_instance_uid": result.sop_uid},
+                extra={
+                    "source": source.kind,
+                    "reason": result.reason,
+                    "sop_instance_uid": result.sop_uid,
+                },
             )
         else:
             log.debug(
@@ -107,9 +111,7 @@ class Ingestor:
             )
         return result
 
-    async def _ingest(
-        self, path: Path, source: Source, expected_study: str | None
-    ) -> IngestResult:
+    async def _ingest(self, path: Path, source: Source, expected_study: str | None) -> IngestResult:
         parsed = await asyncio.to_thread(parse_file, path, self.max_bytes)
         if expected_study is not None and parsed.study_uid != expected_study:
             raise WrongStudy(
@@ -183,7 +185,10 @@ class Ingestor:
                 parsed.sop_uid,
                 parsed.sop_class_uid,
             )
-        old_files = [existing["file_id"], *([existing["meta_file_id"]] if existing.get("meta_file_id") else [])]
+        old_files = [
+            existing["file_id"],
+            *([existing["meta_file_id"]] if existing.get("meta_file_id") else []),
+        ]
         await self.store.settle_uploads(file_ids)
         await self.store.delete_files(old_files)
         for study in {existing["study"], parsed.study_uid}:

@@ -18,7 +18,10 @@ class Metrics:
             registry=r,
         )
         self.rejections = Counter(
-            "cloudpacs_rejections", "Rejected inputs by reason code", ["source", "reason"], registry=r
+            "cloudpacs_rejections",
+            "Rejected inputs by reason code",
+            ["source", "reason"],
+            registry=r,
         )
         self.stored_bytes = Counter(
             "cloudpacs_stored_bytes", "Bytes of DICOM files stored", registry=r

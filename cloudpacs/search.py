@@ -56,7 +56,9 @@ class SearchService:
 
     async def _series(self, query: QidoQuery, scope: Scope, base_url: str) -> list[dict[str, Any]]:
         own = [m for m in query.matches if m.tag in SERIES_FIELDS]
-        study_level = [m for m in query.matches if m.tag not in SERIES_FIELDS and m.tag in STUDY_FIELDS]
+        study_level = [
+            m for m in query.matches if m.tag not in SERIES_FIELDS and m.tag in STUDY_FIELDS
+        ]
         other = [m for m in query.matches if m.tag not in SERIES_FIELDS | STUDY_FIELDS]
         conditions = [_on(m, SERIES_KEYS) for m in own]
         if scope.study:
@@ -72,10 +74,10 @@ class SearchService:
         docs = await self.store.find(
             SERIES, _and(conditions), sort=[("_id", 1)], skip=query.offset, limit=query.limit
         )
-        study_docs = await self._studies_by_id({d["study"] for d in docs}) if not scope.study else {}
-        return [
-            _series_json(doc, study_docs.get(doc["study"]), query, base_url) for doc in docs
-        ]
+        study_docs = (
+            await self._studies_by_id({d["study"] for d in docs}) if not scope.study else {}
+        )
+        return [_series_json(doc, study_docs.get(doc["study"]), query, base_url) for doc in docs]
 
     async def _instances(
         self, query: QidoQuery, scope: Scope, base_url: str
@@ -182,7 +184,11 @@ def _instance_json(
 ) -> dict[str, Any]:
     url = f"{base_url}/studies/{doc['study']}/series/{doc['series']}/instances/{doc['_id']}"
     meta = with_absolute_bulk_uris(doc.get("meta", {}), url)
-    attrs = {**meta, t.INSTANCE_AVAILABILITY: {"vr": "CS", "Value": ["ONLINE"]}, t.RETRIEVE_URL: _url(url)}
+    attrs = {
+        **meta,
+        t.INSTANCE_AVAILABILITY: {"vr": "CS", "Value": ["ONLINE"]},
+        t.RETRIEVE_URL: _url(url),
+    }
     selected = _select(attrs, Level.INSTANCE, query)
     upper = set(t.REQUIRED_RETURN[Level.STUDY]) | set(t.REQUIRED_RETURN[Level.SERIES])
     if not scope.series:  # not scoped by the path: carry the upper levels' attributes too

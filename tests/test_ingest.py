@@ -81,9 +81,13 @@ async def test_same_file_twice_is_a_duplicate(runtime: Runtime, tmp_path: Path) 
     assert study is not None and study["instance_count"] == 1
 
 
-async def test_concurrent_ingest_of_one_instance_stores_it_once(runtime: Runtime, tmp_path: Path) -> None:
+async def test_concurrent_ingest_of_one_instance_stores_it_once(
+    runtime: Runtime, tmp_path: Path
+) -> None:
     write_instance(tmp_path / "a.dcm")
-    results = await asyncio.gather(*(runtime.ingestor.ingest(tmp_path / "a.dcm", SOURCE) for _ in range(6)))
+    results = await asyncio.gather(
+        *(runtime.ingestor.ingest(tmp_path / "a.dcm", SOURCE) for _ in range(6))
+    )
     outcomes = sorted(r.outcome.value for r in results)
     assert outcomes == ["duplicate"] * 5 + ["stored"]
     assert await consistency(runtime) == {"instances": 1, "files": 1}
@@ -123,7 +127,10 @@ async def test_rejections_leave_nothing_behind(runtime: Runtime, tmp_path: Path)
     ds = make_dataset(Spec())
     del ds.StudyInstanceUID
     ds.save_as(tmp_path / "nostudy.dcm", enforce_file_format=True)
-    for name, reason in (("text.dcm", "not a DICOM Part 10 file"), ("nostudy.dcm", "StudyInstanceUID is missing")):
+    for name, reason in (
+        ("text.dcm", "not a DICOM Part 10 file"),
+        ("nostudy.dcm", "StudyInstanceUID is missing"),
+    ):
         result = await runtime.ingestor.ingest(tmp_path / name, SOURCE)
         assert result.outcome is Outcome.REJECTED
         assert reason in (result.reason or "")
@@ -147,7 +154,10 @@ async def test_metadata_larger_than_a_document_is_stored_and_served(
     assert await consistency(runtime) == {"instances": 1, "files": 2}
     found = await client.get("/dicomweb/studies", params={"PatientID": "BIG"})
     assert found.status == 200
-    url = f"/dicomweb/studies/{ds.StudyInstanceUID}/series/{ds.SeriesInstanceUID}/instances/{ds.SOPInstanceUID}/metadata"
+    url = (
+        f"/dicomweb/studies/{ds.StudyInstanceUID}/series/{ds.SeriesInstanceUID}"
+        f"/instances/{ds.SOPInstanceUID}/metadata"
+    )
     response = await client.get(url)
     assert response.status == 200
     (meta,) = await response.json()

@@ -87,9 +87,7 @@ def _element_json(ds: Dataset, tag: BaseTag, path: str, result: JsonResult) -> d
             return {"vr": vr, "BulkDataURI": f"bulkdata/{path}"}
     elem = ds[tag]
     if elem.VR == "SQ":
-        items = [
-            _walk(child, f"{path}/{index}/", result) for index, child in enumerate(elem.value)
-        ]
+        items = [_walk(child, f"{path}/{index}/", result) for index, child in enumerate(elem.value)]
         return {"vr": "SQ", "Value": items} if items else {"vr": "SQ"}
     return _to_json(elem)
 

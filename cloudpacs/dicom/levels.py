@@ -6,10 +6,10 @@ Series modules of PS3.3; they decide what the study and series rollup documents 
 
 from __future__ import annotations
 
-from enum import Enum
+from enum import StrEnum
 
 
-class Level(str, Enum):
+class Level(StrEnum):
     STUDY = "study"
     SERIES = "series"
     INSTANCE = "instance"

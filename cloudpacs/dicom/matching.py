@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
-from enum import Enum
+from enum import StrEnum
 
 from pydicom.datadict import dictionary_VR, keyword_dict
 
@@ -17,12 +17,28 @@ from cloudpacs.errors import InvalidRequest
 MAX_LIMIT = 10_000
 DEFAULT_LIMIT = 1_000
 RESERVED_PARAMS = {"limit", "offset", "includefield", "fuzzymatching"}
-STRING_VRS = {"AE", "AS", "CS", "DA", "DT", "LO", "LT", "PN", "SH", "ST", "TM", "UC", "UI", "UR", "UT"}
+STRING_VRS = {
+    "AE",
+    "AS",
+    "CS",
+    "DA",
+    "DT",
+    "LO",
+    "LT",
+    "PN",
+    "SH",
+    "ST",
+    "TM",
+    "UC",
+    "UI",
+    "UR",
+    "UT",
+}
 NUMERIC_VRS = {"IS", "DS", "US", "SS", "UL", "SL", "UV", "SV", "FL", "FD"}
 _TAG_RE = re.compile(r"^[0-9A-Fa-f]{8}$")
 
 
-class MatchKind(str, Enum):
+class MatchKind(StrEnum):
     SINGLE = "single"
     WILDCARD = "wildcard"
     RANGE = "range"

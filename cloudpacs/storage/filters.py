@@ -84,9 +84,7 @@ def _meta_filter(match: Match) -> dict[str, Any]:
     return {path: _string_condition(match)}
 
 
-def _string_condition(
-    match: Match, normalise: Any = None, case_insensitive: bool = False
-) -> Any:
+def _string_condition(match: Match, normalise: Any = None, case_insensitive: bool = False) -> Any:
     def norm(value: str) -> str:
         return normalise(value) if normalise else value
 

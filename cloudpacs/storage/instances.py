@@ -57,9 +57,7 @@ class InstanceStore:
         """Copy a local file into GridFS under a journal entry; aborted on failure."""
         file_id = await self._journal(name)
         async with translate_errors():
-            grid_in = self.bucket.open_upload_stream_with_id(
-                file_id, name, metadata={"kind": kind}
-            )
+            grid_in = self.bucket.open_upload_stream_with_id(file_id, name, metadata={"kind": kind})
             try:
                 with path.open("rb") as fp:
                     while chunk := await asyncio.to_thread(fp.read, CHUNK_BYTES * 4):
@@ -124,9 +122,13 @@ class InstanceStore:
         """Count one new instance into its series and study, then clear its flag."""
         now = utcnow()
         async with translate_errors():
-            before = await self._upsert(self.series, doc["series"], documents.series_upsert(doc, now))
+            before = await self._upsert(
+                self.series, doc["series"], documents.series_upsert(doc, now)
+            )
             new_series = before is None
-            await self._upsert(self.studies, doc["study"], documents.study_upsert(doc, new_series, now))
+            await self._upsert(
+                self.studies, doc["study"], documents.study_upsert(doc, new_series, now)
+            )
             await self.instances.update_one({"_id": doc["_id"]}, {"$unset": {"rollup_pending": ""}})
 
     async def _upsert(self, collection: Any, key: str, update: dict[str, Any]) -> Any:
@@ -150,9 +152,17 @@ class InstanceStore:
             sop_classes: set[str] = set()
             first: dict[str, Any] | None = None
             for series_uid in series_uids:
-                cursor = self.instances.find({"series": series_uid}, {"meta": 1, "modality": 1,
-                                              "series_number": 1, "study": 1, "sop_class": 1,
-                                              **{k: 1 for k in documents.STUDY_KEYS}})
+                cursor = self.instances.find(
+                    {"series": series_uid},
+                    {
+                        "meta": 1,
+                        "modality": 1,
+                        "series_number": 1,
+                        "study": 1,
+                        "sop_class": 1,
+                        **{k: 1 for k in documents.STUDY_KEYS},
+                    },
+                )
                 docs = await cursor.to_list(None)
                 study_total += len(docs)
                 modalities |= {d["modality"] for d in docs if d.get("modality")}

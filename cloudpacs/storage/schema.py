@@ -83,9 +83,7 @@ async def init_schema(database: Database) -> list[str]:
         await db[STUDIES].create_indexes(STUDY_INDEXES)
         await db[UPLOADS].create_indexes(UPLOAD_INDEXES)
         await db[f"{FILES_BUCKET}.files"].create_index([("filename", 1), ("uploadDate", 1)])
-        await db[f"{FILES_BUCKET}.chunks"].create_index(
-            [("files_id", 1), ("n", 1)], unique=True
-        )
+        await db[f"{FILES_BUCKET}.chunks"].create_index([("files_id", 1), ("n", 1)], unique=True)
     notes.append("indexes ready")
     return notes
 

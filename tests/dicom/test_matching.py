@@ -55,7 +55,14 @@ def test_backslash_uid_list_and_open_ranges() -> None:
 
 
 def test_paging_and_includes() -> None:
-    q = parse_query([("limit", "5"), ("offset", "10"), ("includefield", "StudyDescription,00081030"), ("includefield", "all")])
+    q = parse_query(
+        [
+            ("limit", "5"),
+            ("offset", "10"),
+            ("includefield", "StudyDescription,00081030"),
+            ("includefield", "all"),
+        ]
+    )
     assert (q.limit, q.offset, q.include_all) == (5, 10, True)
     assert q.includefields == {"00081030"}
     assert parse_query([("limit", "0")]).limit == MAX_LIMIT

@@ -144,12 +144,15 @@ def test_native_multiframe_layout_points_at_each_frame(tmp_path: Path) -> None:
     data = (tmp_path / "mf.dcm").read_bytes()
     assert len(parsed.pixels.frames) == spec.frames
     for i, frame in enumerate(parsed.pixels.frames):
-        (offset, length), = frame
+        ((offset, length),) = frame
         assert data[offset : offset + length] == arr[i].astype("<u2").tobytes()
 
 
 ENCAPSULATED = [
-    p for p in ALL_FILES if _outcome(p)[0] and (parse_file(p).pixels or None) is not None
+    p
+    for p in ALL_FILES
+    if _outcome(p)[0]
+    and (parse_file(p).pixels or None) is not None
     and parse_file(p).pixels.encapsulated  # type: ignore[union-attr]
 ]
 

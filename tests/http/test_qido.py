@@ -39,22 +39,51 @@ async def _ingest(runtime: Runtime, folder: Path, specs: list[Spec]) -> None:
 @pytest.fixture
 async def archive(runtime: Runtime, tmp_path: Path) -> Archive:
     a = Archive()
-    s1 = Spec(patient_id="P1", patient_name="Doe^Jane", accession="A1", study_date="20200115",
-              study_time="101500", study_description="Head CT")
-    s2 = Spec(patient_id="P1", patient_name="Doe^Jane", accession="A2", study_date="20210620",
-              study_time="080000", modality="MR", study_description="Knee MR")
-    s3 = Spec(patient_id="P2", patient_name="Roe^Richard", accession="A3", study_date="20221231",
-              study_time="235959", study_description="Chest")
-    s4 = Spec(patient_id="P3", patient_name="Müller^Jürgen", accession="A4", study_date="20190301",
-              study_description="Schädel")
+    s1 = Spec(
+        patient_id="P1",
+        patient_name="Doe^Jane",
+        accession="A1",
+        study_date="20200115",
+        study_time="101500",
+        study_description="Head CT",
+    )
+    s2 = Spec(
+        patient_id="P1",
+        patient_name="Doe^Jane",
+        accession="A2",
+        study_date="20210620",
+        study_time="080000",
+        modality="MR",
+        study_description="Knee MR",
+    )
+    s3 = Spec(
+        patient_id="P2",
+        patient_name="Roe^Richard",
+        accession="A3",
+        study_date="20221231",
+        study_time="235959",
+        study_description="Chest",
+    )
+    s4 = Spec(
+        patient_id="P3",
+        patient_name="Müller^Jürgen",
+        accession="A4",
+        study_date="20190301",
+        study_description="Schädel",
+    )
     from pydicom.uid import generate_uid
 
     def more(base: Spec, n: int, series_uid: str | None = None, **kw: Any) -> list[Spec]:
         out = []
         series_uid = series_uid or generate_uid()
         for i in range(n):
-            values = {**base.__dict__, "sop_uid": generate_uid(), "series_uid": series_uid,
-                      "instance_number": i + 1, **kw}
+            values = {
+                **base.__dict__,
+                "sop_uid": generate_uid(),
+                "series_uid": series_uid,
+                "instance_number": i + 1,
+                **kw,
+            }
             out.append(Spec(**values))
         return out
 
@@ -62,8 +91,14 @@ async def archive(runtime: Runtime, tmp_path: Path) -> Archive:
     a.specs += more(s1, 2, series_number=2, series_description="Coronal")
     a.specs += more(s2, 2, series_number=1, series_description="Sagittal T1")
     a.specs += more(s3, 1, series_number=1, modality="CT", series_description="Lung")
-    a.specs += more(s3, 1, series_number=2, modality="MR", series_description="Heart",
-                    extra={"BodyPartExamined": "CHEST"})
+    a.specs += more(
+        s3,
+        1,
+        series_number=2,
+        modality="MR",
+        series_description="Heart",
+        extra={"BodyPartExamined": "CHEST"},
+    )
     a.specs += more(s4, 1, series_number=5)
     await _ingest(runtime, tmp_path, a.specs)
     return a
@@ -93,7 +128,9 @@ async def test_exact_match(client: TestClient, archive: Archive) -> None:  # typ
     assert await _accessions(client, PatientID="nobody") == []
 
 
-async def test_person_name_wildcards_are_case_insensitive(client: TestClient, archive: Archive) -> None:  # type: ignore[type-arg]
+async def test_person_name_wildcards_are_case_insensitive(
+    client: TestClient, archive: Archive
+) -> None:  # type: ignore[type-arg]
     assert await _accessions(client, PatientName="doe*") == ["A1", "A2"]
     assert await _accessions(client, PatientName="R?E^*") == ["A3"]
     assert await _accessions(client, PatientName="*ÜLLER*") == ["A4"]
@@ -126,22 +163,38 @@ async def test_modalities_in_study(client: TestClient, archive: Archive) -> None
     assert results[0][t.MODALITIES_IN_STUDY]["Value"] == ["CT", "MR"]
 
 
-async def test_study_level_return_attributes_and_counts(client: TestClient, archive: Archive) -> None:  # type: ignore[type-arg]
+async def test_study_level_return_attributes_and_counts(
+    client: TestClient, archive: Archive
+) -> None:  # type: ignore[type-arg]
     (study,) = await _get(client, "/dicomweb/studies", AccessionNumber="A1")
-    for tag in (t.STUDY_INSTANCE_UID, t.PATIENT_NAME, t.PATIENT_ID, t.STUDY_DATE,
-                t.RETRIEVE_URL, t.NUMBER_OF_STUDY_RELATED_SERIES,
-                t.NUMBER_OF_STUDY_RELATED_INSTANCES, t.MODALITIES_IN_STUDY):
+    for tag in (
+        t.STUDY_INSTANCE_UID,
+        t.PATIENT_NAME,
+        t.PATIENT_ID,
+        t.STUDY_DATE,
+        t.RETRIEVE_URL,
+        t.NUMBER_OF_STUDY_RELATED_SERIES,
+        t.NUMBER_OF_STUDY_RELATED_INSTANCES,
+        t.MODALITIES_IN_STUDY,
+    ):
         assert tag in study, tag
     assert study[t.NUMBER_OF_STUDY_RELATED_SERIES]["Value"] == [2]
     assert study[t.NUMBER_OF_STUDY_RELATED_INSTANCES]["Value"] == [5]
     assert study[t.RETRIEVE_URL]["Value"][0].endswith(f"/dicomweb/studies/{archive.study('A1')}")
     assert t.STUDY_DESCRIPTION not in study
-    (study,) = await _get(client, "/dicomweb/studies", AccessionNumber="A1", includefield="StudyDescription")
+    (study,) = await _get(
+        client, "/dicomweb/studies", AccessionNumber="A1", includefield="StudyDescription"
+    )
     assert study[t.STUDY_DESCRIPTION]["Value"] == ["Head CT"]
-    assert set(study) <= set(t.REQUIRED_RETURN[Level.STUDY]) | {t.STUDY_DESCRIPTION, t.SOP_CLASSES_IN_STUDY}
+    assert set(study) <= set(t.REQUIRED_RETURN[Level.STUDY]) | {
+        t.STUDY_DESCRIPTION,
+        t.SOP_CLASSES_IN_STUDY,
+    }
 
 
-async def test_any_attribute_matches_without_registration(client: TestClient, archive: Archive) -> None:  # type: ignore[type-arg]
+async def test_any_attribute_matches_without_registration(
+    client: TestClient, archive: Archive
+) -> None:  # type: ignore[type-arg]
     # a study attribute carried by the study rollup
     assert await _accessions(client, StudyDescription="*CT") == ["A1"]
     # a series attribute, answered at study level through the instances
@@ -152,7 +205,9 @@ async def test_any_attribute_matches_without_registration(client: TestClient, ar
     assert len(results) == 1
 
 
-async def test_private_tags_match_by_tag(runtime: Runtime, client: TestClient, tmp_path: Path) -> None:  # type: ignore[type-arg]
+async def test_private_tags_match_by_tag(
+    runtime: Runtime, client: TestClient, tmp_path: Path
+) -> None:  # type: ignore[type-arg]
     from tests.factory import make_dataset
 
     ds = make_dataset(Spec(accession="PRIV"))
@@ -188,16 +243,27 @@ async def test_instance_level(client: TestClient, archive: Archive) -> None:  # 
     instances = await _get(client, f"/dicomweb/studies/{a1}/instances")
     assert len(instances) == 5
     first = instances[0]
-    for tag in (t.SOP_CLASS_UID, t.SOP_INSTANCE_UID, t.INSTANCE_NUMBER, t.ROWS, t.COLUMNS, t.RETRIEVE_URL):
+    for tag in (
+        t.SOP_CLASS_UID,
+        t.SOP_INSTANCE_UID,
+        t.INSTANCE_NUMBER,
+        t.ROWS,
+        t.COLUMNS,
+        t.RETRIEVE_URL,
+    ):
         assert tag in first, tag
     series_uid = first[t.SERIES_INSTANCE_UID]["Value"][0]
-    in_series = await _get(client, f"/dicomweb/studies/{a1}/series/{series_uid}/instances", InstanceNumber="2")
+    in_series = await _get(
+        client, f"/dicomweb/studies/{a1}/series/{series_uid}/instances", InstanceNumber="2"
+    )
     assert len(in_series) == 1 and in_series[0][t.INSTANCE_NUMBER]["Value"] == [2]
     sop = first[t.SOP_INSTANCE_UID]["Value"][0]
     assert len(await _get(client, "/dicomweb/instances", SOPInstanceUID=sop)) == 1
     everything = await _get(client, "/dicomweb/instances", SOPInstanceUID=sop, includefield="all")
     pixel = everything[0]["7FE00010"]
-    assert pixel["BulkDataURI"].startswith("http://") and pixel["BulkDataURI"].endswith("/bulkdata/7FE00010")
+    assert pixel["BulkDataURI"].startswith("http://") and pixel["BulkDataURI"].endswith(
+        "/bulkdata/7FE00010"
+    )
     assert len(await _get(client, "/dicomweb/instances", PatientID="P1", Modality="MR")) == 2
 
 
@@ -220,7 +286,9 @@ async def test_bad_requests(client: TestClient, archive: Archive) -> None:  # ty
     assert response.status == 406
 
 
-async def test_non_ascii_round_trip_and_percent_encoding(runtime: Runtime, client: TestClient, tmp_path: Path) -> None:  # type: ignore[type-arg]
+async def test_non_ascii_round_trip_and_percent_encoding(
+    runtime: Runtime, client: TestClient, tmp_path: Path
+) -> None:  # type: ignore[type-arg]
     samples = charset_samples(tmp_path)
     for path, _ in samples:
         assert (await runtime.ingestor.ingest(path, Source("test"))).outcome is Outcome.STORED
