@@ -92,24 +92,46 @@ class Ingestor:
             raise
         finally:
             gauge.dec()
+        if result.outcome is Outcome.REJECTED:
+            await self._record_rejection(source, result)
         self.metrics.ingests.labels(source.kind, result.outcome.value).inc()
         self.metrics.ingest_seconds.labels(source.kind).observe(time.perf_counter() - started)
-        if result.outcome is Outcome.REJECTED:
-            self.metrics.rejections.labels(source.kind, result.reason_code or "rejected").inc()
-            log.info(
-                "ingest.rejected",
-                extra={
-                    "source": source.kind,
-                    "reason": result.reason,
-                    "sop_instance_uid": result.sop_uid,
-                },
-            )
-        else:
+        if result.outcome is not Outcome.REJECTED:
             log.debug(
                 f"ingest.{result.outcome.value}",
                 extra={"source": source.kind, "sop_instance_uid": result.sop_uid},
             )
         return result
+
+    async def reject(self, source: Source, reason: str, reason_code: str) -> IngestResult:
+        """Record a permanent refusal decided before ingest (e.g. an S3 object gone)."""
+        result = IngestResult(Outcome.REJECTED, reason=reason, reason_code=reason_code)
+        await self._record_rejection(source, result)
+        self.metrics.ingests.labels(source.kind, result.outcome.value).inc()
+        return result
+
+    async def _record_rejection(self, source: Source, result: IngestResult) -> None:
+        """Log, count and keep a `rejections` record operators can query."""
+        code = result.reason_code or "rejected"
+        self.metrics.rejections.labels(source.kind, code).inc()
+        log.info(
+            "ingest.rejected",
+            extra={
+                "source": source.kind,
+                "reason": result.reason,
+                "sop_instance_uid": result.sop_uid,
+            },
+        )
+        await self.store.record_rejection(
+            {
+                "at": utcnow(),
+                "source": {"kind": source.kind, "name": source.name},
+                "reason": result.reason,
+                "reason_code": code,
+                "sop_uid": result.sop_uid,
+                "study_uid": result.study_uid,
+            }
+        )
 
     async def _ingest(self, path: Path, source: Source, expected_study: str | None) -> IngestResult:
         parsed = await asyncio.to_thread(parse_file, path, self.max_bytes)

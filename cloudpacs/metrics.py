@@ -45,3 +45,30 @@ class Metrics:
         self.http_in_flight = Gauge(
             "cloudpacs_http_requests_in_flight", "HTTP requests under way", registry=r
         )
+        self.sqs_messages = Counter(
+            "cloudpacs_sqs_messages",
+            "SQS messages by what happened to them (received, deleted, retried, released)",
+            ["event"],
+            registry=r,
+        )
+        self.sqs_in_flight = Gauge(
+            "cloudpacs_sqs_messages_in_flight", "SQS messages being processed", registry=r
+        )
+        self.sqs_queue_messages = Gauge(
+            "cloudpacs_sqs_queue_messages",
+            "Messages waiting in the queue (ApproximateNumberOfMessages), i.e. queue lag",
+            ["queue"],
+            registry=r,
+        )
+        self.sqs_message_age_seconds = Histogram(
+            "cloudpacs_sqs_message_age_seconds",
+            "Time a message waited in the queue before this receive",
+            buckets=(0.1, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 900, 3600),
+            registry=r,
+        )
+        self.event_to_stored_seconds = Histogram(
+            "cloudpacs_event_to_stored_seconds",
+            "From the S3 event time to the instance being stored",
+            buckets=(0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 900),
+            registry=r,
+        )

@@ -5,6 +5,7 @@ Each test gets its own database name, so tests never see each other's data.
 
 from __future__ import annotations
 
+import logging
 import os
 import signal
 import socket
@@ -120,3 +121,23 @@ async def runtime(settings: Settings) -> AsyncIterator[Runtime]:
 async def client(runtime: Runtime) -> AsyncIterator[TestClient]:  # type: ignore[type-arg]
     async with TestClient(TestServer(create_app(runtime.services()), host="127.0.0.1")) as c:
         yield c
+
+
+@pytest.fixture(scope="session")
+def moto_endpoint() -> Iterator[str]:
+    """A real moto server (S3 + SQS over HTTP) on a free loopback port."""
+    from moto.server import ThreadedMotoServer
+
+    logging.getLogger("werkzeug").setLevel(logging.WARNING)  # one line per request otherwise
+
+    for name, value in (
+        ("AWS_ACCESS_KEY_ID", "testing"),
+        ("AWS_SECRET_ACCESS_KEY", "testing"),
+        ("AWS_DEFAULT_REGION", "us-east-1"),
+    ):
+        os.environ.setdefault(name, value)
+    port = free_port()
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    server.start()
+    yield f"http://127.0.0.1:{port}"
+    server.stop()

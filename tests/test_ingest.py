@@ -135,6 +135,10 @@ async def test_rejections_leave_nothing_behind(runtime: Runtime, tmp_path: Path)
         assert result.outcome is Outcome.REJECTED
         assert reason in (result.reason or "")
     assert await consistency(runtime) == {"instances": 0, "files": 0}
+    records = await runtime.database.db.rejections.find({}).sort("at", 1).to_list(None)
+    assert [r["reason_code"] for r in records] == ["invalid-dicom", "invalid-dicom"]
+    assert "StudyInstanceUID is missing" in records[1]["reason"]
+    assert records[1]["source"] == {"kind": "test", "name": ""}
 
 
 async def test_metadata_larger_than_a_document_is_stored_and_served(

@@ -28,7 +28,14 @@ from pymongo.errors import DuplicateKeyError
 from cloudpacs.errors import NotFound
 from cloudpacs.storage import documents
 from cloudpacs.storage.database import Database, translate_errors
-from cloudpacs.storage.schema import FILES_BUCKET, INSTANCES, SERIES, STUDIES, UPLOADS
+from cloudpacs.storage.schema import (
+    FILES_BUCKET,
+    INSTANCES,
+    REJECTIONS,
+    SERIES,
+    STUDIES,
+    UPLOADS,
+)
 
 CHUNK_BYTES = 255 * 1024  # GridFS default chunk size
 UPSERT_RETRIES = 3
@@ -51,6 +58,9 @@ class InstanceStore:
         self.studies = self.db[STUDIES]
         self.files = self.db[f"{FILES_BUCKET}.files"]
         self.uploads = self.db[UPLOADS]
+        # FerretDB v1 applies $inc/$addToSet as read-modify-write without isolation, so
+        # concurrent rollup updates lose counts: this process serialises them.
+        self._rollups_lock = asyncio.Lock()
 
     # ---- write path -------------------------------------------------------------------
     async def upload_file(self, path: Path, name: str, kind: str = "dicom") -> ObjectId:
@@ -95,6 +105,10 @@ class InstanceStore:
                 await self.files.delete_one({"_id": file_id})
                 await self.uploads.delete_one({"_id": file_id})
 
+    async def record_rejection(self, record: dict[str, Any]) -> None:
+        async with translate_errors():
+            await self.db[REJECTIONS].insert_one(record)
+
     async def existing(self, sop_uid: str) -> dict[str, Any] | None:
         async with translate_errors():
             doc: dict[str, Any] | None = await self.instances.find_one(
@@ -121,7 +135,7 @@ class InstanceStore:
     async def apply_rollups(self, doc: dict[str, Any]) -> None:
         """Count one new instance into its series and study, then clear its flag."""
         now = utcnow()
-        async with translate_errors():
+        async with self._rollups_lock, translate_errors():
             before = await self._upsert(
                 self.series, doc["series"], documents.series_upsert(doc, now)
             )
@@ -145,7 +159,7 @@ class InstanceStore:
     async def recompute_rollups(self, study_uid: str) -> None:
         """Rebuild a study's and its series' rollups from the instances (crash repair)."""
         now = utcnow()
-        async with translate_errors():
+        async with self._rollups_lock, translate_errors():
             series_uids = await self.instances.distinct("series", {"study": study_uid})
             study_total = 0
             modalities: set[str] = set()

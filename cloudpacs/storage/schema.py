@@ -21,6 +21,7 @@ INSTANCES = "instances"
 SERIES = "series"
 STUDIES = "studies"
 FILES_BUCKET = "fs"
+REJECTIONS = "rejections"  # permanent refusals, for operators
 UPLOADS = "uploads"  # journal of GridFS files being written (see storage.instances)
 
 _UID_PATTERN = r"^(0|[1-9][0-9]*)(\.(0|[1-9][0-9]*))*$"
@@ -66,6 +67,10 @@ STUDY_INDEXES = [
     IndexModel([("referring_physician", ASCENDING)]),
 ]
 UPLOAD_INDEXES = [IndexModel([("started_at", ASCENDING)])]
+REJECTION_INDEXES = [
+    IndexModel([("at", ASCENDING)]),
+    IndexModel([("reason_code", ASCENDING), ("at", ASCENDING)]),
+]
 
 
 async def init_schema(database: Database) -> list[str]:
@@ -75,13 +80,14 @@ async def init_schema(database: Database) -> list[str]:
     async with translate_errors():
         notes.append(await _create_validated_instances(database))
         existing = set(await db.list_collection_names())
-        for name in (SERIES, STUDIES, UPLOADS):
+        for name in (SERIES, STUDIES, UPLOADS, REJECTIONS):
             if name not in existing:
                 await db.create_collection(name)
         await db[INSTANCES].create_indexes(INSTANCE_INDEXES)
         await db[SERIES].create_indexes(SERIES_INDEXES)
         await db[STUDIES].create_indexes(STUDY_INDEXES)
         await db[UPLOADS].create_indexes(UPLOAD_INDEXES)
+        await db[REJECTIONS].create_indexes(REJECTION_INDEXES)
         await db[f"{FILES_BUCKET}.files"].create_index([("filename", 1), ("uploadDate", 1)])
         await db[f"{FILES_BUCKET}.chunks"].create_index([("files_id", 1), ("n", 1)], unique=True)
     notes.append("indexes ready")
