@@ -16,16 +16,24 @@ from typing import Any
 from aiohttp import web
 
 from cloudpacs import __version__
+from cloudpacs.aws.backfill import backfill
+from cloudpacs.aws.clients import AwsClients, make_clients
+from cloudpacs.aws.objects import ObjectIngest
+from cloudpacs.aws.wiring import WiringPlan, wire_bucket
 from cloudpacs.config import Settings, load_settings
+from cloudpacs.daemon.queues import SqsDaemon
 from cloudpacs.daemon.service import FolderDaemon
 from cloudpacs.errors import CloudPacsError
 from cloudpacs.http.app import create_app
 from cloudpacs.importer import import_paths
 from cloudpacs.logs import setup_logging
 from cloudpacs.runtime import Runtime, open_runtime
+from cloudpacs.storage.checkpoints import CheckpointStore
 from cloudpacs.storage.sweep import sweep
 
 log = logging.getLogger("cloudpacs")
+
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -40,24 +48,43 @@ def _parser() -> argparse.ArgumentParser:
             p.add_argument("--home", type=Path, help="state folder (default ./var)")
         return p
 
-    run = add("run", "ingest daemon and HTTP API in one process")
+    run = add("run", "ingest daemons and HTTP API in one process")
     run.add_argument("--watch", type=Path, help="watched inbox (default HOME/inbox)")
     run.add_argument("--http", help="listen address HOST:PORT (default 127.0.0.1:8080)")
     serve = add("serve", "the HTTP API alone")
     serve.add_argument("--http", help="listen address HOST:PORT (default 127.0.0.1:8080)")
-    ingest = add("ingest", "the folder ingest daemon alone")
+    ingest = add("ingest", "the ingest daemons alone (watched folder, SQS queues)")
     ingest.add_argument("--watch", type=Path, help="watched inbox (default HOME/inbox)")
-    imp = add("import", "bulk-import files and folders (left in place)")
-    imp.add_argument("paths", nargs="+", type=Path)
+    for p in (run, ingest):
+        p.add_argument(
+            "--sqs-queue",
+            action="append",
+            dest="sqs_queues",
+            metavar="URL",
+            help="SQS queue URL to consume S3 notifications from (repeatable)",
+        )
+    imp = add("import", "bulk-import files, folders or s3://bucket/prefix (left in place)")
+    imp.add_argument("paths", nargs="+", help="files, folders or s3:// URLs")
     imp.add_argument("--no-progress", action="store_true")
     db = add("db", "database administration")
     db.add_argument("action", choices=["init", "sweep"])
     add("config", "print the effective settings, secrets masked")
+    aws = add("aws", "AWS set-up")
+    aws.add_argument("action", choices=["wire-bucket"])
+    aws.add_argument("--bucket", required=True)
+    aws.add_argument("--queue", required=True, help="queue name (its DLQ is QUEUE-dlq)")
+    aws.add_argument("--max-receive-count", type=int, default=5)
+    aws.add_argument("--visibility-timeout", type=int, default=300)
+    aws.add_argument("--dry-run", action="store_true")
     return parser
 
 
 def _overrides(args: argparse.Namespace) -> dict[str, Any]:
-    out: dict[str, Any] = {"home": getattr(args, "home", None), "watch": getattr(args, "watch", None)}
+    out: dict[str, Any] = {
+        "home": getattr(args, "home", None),
+        "watch": getattr(args, "watch", None),
+        "sqs_queues": getattr(args, "sqs_queues", None),
+    }
     if getattr(args, "http", None):
         host, _, port = args.http.rpartition(":")
         if not host or not port.isdigit():
@@ -97,13 +124,12 @@ async def _dispatch(args: argparse.Namespace, settings: Settings) -> int:
                 report = await sweep(runtime.store, settings.orphan_grace_seconds)
                 print(report)
         return 0
+    if command == "aws":
+        return await asyncio.to_thread(_wire_bucket, args, settings)
     if command == "import":
         async with open_runtime(settings, sweep_periodically=False) as runtime:
-            summary = await import_paths(
-                runtime.ingestor, args.paths, settings.ingest_concurrency, not args.no_progress
-            )
-        print(summary.render())
-        return 0 if not summary.counts["failed"] else 1
+            return await _import(args, runtime)
+    stop = _stop_on_signal()  # before start-up: see _stop_on_signal
     async with open_runtime(settings) as runtime, contextlib.AsyncExitStack() as stack:
         if command in ("run", "serve"):
             await stack.enter_async_context(_http(runtime))
@@ -111,10 +137,68 @@ async def _dispatch(args: argparse.Namespace, settings: Settings) -> int:
             daemon = FolderDaemon(settings, runtime.ingestor)
             await daemon.start()
             stack.push_async_callback(daemon.stop)
+            if settings.sqs_queues:
+                clients = _aws(settings)
+                queues = SqsDaemon(
+                    settings, clients.sqs, clients.s3, runtime.ingestor, runtime.metrics
+                )
+                queues.start()
+                stack.push_async_callback(queues.stop)
         log.info("cloudpacs.ready", extra={"command": command})
-        await _until_signalled()
+        await stop.wait()
         log.info("cloudpacs.stopping")
     return 0
+
+
+def _aws(settings: Settings) -> AwsClients:
+    return make_clients(
+        settings.aws_region, settings.aws_endpoint_url, 2 * settings.ingest_concurrency + 4
+    )
+
+
+def _wire_bucket(args: argparse.Namespace, settings: Settings) -> int:
+    clients = _aws(settings)
+    plan = WiringPlan(
+        bucket=args.bucket,
+        queue=args.queue,
+        max_receive_count=args.max_receive_count,
+        visibility_timeout_seconds=args.visibility_timeout,
+    )
+    wire_bucket(clients.sqs, clients.s3, plan, dry_run=args.dry_run)
+    for action in plan.actions:
+        print(("would: " if args.dry_run else "") + action)
+    if not args.dry_run:
+        print(f"queue: {plan.queue_url}\ndead-letter queue: {plan.dlq_url}")
+    return 0
+
+
+async def _import(args: argparse.Namespace, runtime: Runtime) -> int:
+    settings = runtime.settings
+    progress = not args.no_progress
+    urls = [p for p in args.paths if p.startswith("s3://")]
+    paths = [Path(p) for p in args.paths if not p.startswith("s3://")]
+    failed = 0
+    if paths:
+        summary = await import_paths(runtime.ingestor, paths, settings.ingest_concurrency, progress)
+        print(summary.render())
+        failed += summary.counts["failed"]
+    if urls:
+        clients = _aws(settings)
+        objects = ObjectIngest(
+            clients.s3, runtime.ingestor, settings.home / "tmp", settings.max_upload_bytes, "import"
+        )
+        checkpoints = CheckpointStore(runtime.database)
+        for url in urls:
+            counts, rejected = await backfill(
+                url, clients.s3, objects, checkpoints, settings.ingest_concurrency, progress
+            )
+            print(
+                f"{url}: stored: {counts['stored']}  duplicate: {counts['duplicate']}  "
+                f"rejected: {counts['rejected']}"
+            )
+            for name, reason in rejected:
+                print(f"  rejected {name}: {reason}")
+    return 0 if not failed else 1
 
 
 @contextlib.asynccontextmanager
@@ -131,11 +215,18 @@ async def _http(runtime: Runtime) -> AsyncIterator[None]:
         await runner.cleanup()
 
 
-async def _until_signalled() -> None:
+def _stop_on_signal() -> asyncio.Event:
+    """An event SIGTERM or SIGINT sets. Installed before start-up, so that a signal during
+    start-up stops us cleanly (the embedded FerretDB, in its own session, would otherwise
+    outlive us); after the first signal a second one acts at once."""
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
-    await stop.wait()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.remove_signal_handler(sig)
+
+    def signalled() -> None:
+        stop.set()
+        for sig in STOP_SIGNALS:
+            loop.remove_signal_handler(sig)
+
+    for sig in STOP_SIGNALS:
+        loop.add_signal_handler(sig, signalled)
+    return stop

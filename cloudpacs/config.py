@@ -19,6 +19,7 @@ from cloudpacs.errors import ConfigError
 ENV_PREFIX = "CLOUDPACS_"
 CONFLICT_POLICIES = ("keep-first", "overwrite")
 AFTER_INGEST_ACTIONS = ("delete", "move")
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 
 
 @dataclass(frozen=True)
@@ -39,6 +40,13 @@ class Settings:
     orphan_grace_seconds: float = 3600.0
     sweep_interval_seconds: float = 300.0
     log_level: str = "INFO"
+    # S3 -> SQS ingest (credentials come from the standard AWS chain, never from here)
+    sqs_queues: tuple[str, ...] = ()
+    aws_region: str | None = None
+    aws_endpoint_url: str | None = None
+    sqs_wait_seconds: int = 10
+    sqs_visibility_timeout_seconds: int = 300
+    sqs_retry_base_seconds: float = 5.0
 
     @property
     def inbox(self) -> Path:
@@ -110,26 +118,59 @@ def _path_or_none(value: str | None) -> Path | None:
 def _coerce(name: str, type_name: object, value: Any) -> Any:
     text = str(type_name)
     try:
+        if text.startswith("tuple"):
+            items = value.split(",") if isinstance(value, str) else list(value)
+            return tuple(str(item).strip() for item in items if str(item).strip())
         if "Path" in text:
             return None if value in (None, "") else Path(value)
         if text == "int":
-            return int(value)
+            return _integer(value)
         if text == "float":
             return float(value)
         if "str" in text:
-            return None if value is None else str(value)
+            optional = "None" in text
+            return None if value is None or (optional and value == "") else str(value)
     except (TypeError, ValueError) as exc:
         raise ConfigError(f"setting {name}: {value!r} is not a valid {text}") from exc
     return value
 
 
+def _integer(value: Any) -> int:
+    """int() that refuses what would silently change meaning: 2.5 -> 2, true -> 1."""
+    if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
+        raise TypeError(f"{value!r} is not an integer")
+    return int(value)
+
+
+def _one_of(name: str, value: str, allowed: tuple[str, ...]) -> None:
+    if value not in allowed:
+        raise ConfigError(f"{name} must be one of {', '.join(allowed)} (not {value!r})")
+
+
+def _validate_limits(s: Settings) -> None:
+    _one_of("log_level", s.log_level.upper(), LOG_LEVELS)
+    for name in ("file_settle_seconds", "drain_seconds", "orphan_grace_seconds"):
+        if not getattr(s, name) >= 0:  # also refuses nan
+            raise ConfigError(f"{name} must be a number of seconds >= 0")
+    if not s.sweep_interval_seconds > 0:
+        raise ConfigError("sweep_interval_seconds must be a number of seconds > 0")
+    if s.max_upload_bytes < 1:
+        raise ConfigError("max_upload_bytes must be at least 1")
+
+
 def _validate(s: Settings) -> None:
-    if s.conflict_policy not in CONFLICT_POLICIES:
-        raise ConfigError(f"conflict_policy must be one of {CONFLICT_POLICIES}")
-    if s.after_ingest not in AFTER_INGEST_ACTIONS:
-        raise ConfigError(f"after_ingest must be one of {AFTER_INGEST_ACTIONS}")
+    _one_of("conflict_policy", s.conflict_policy, CONFLICT_POLICIES)
+    _one_of("after_ingest", s.after_ingest, AFTER_INGEST_ACTIONS)
+    _validate_limits(s)
     if not 0 < s.http_port < 65536:
         raise ConfigError("http_port must be between 1 and 65535")
+    if not 0 <= s.sqs_wait_seconds <= 20:  # SQS long polling limit
+        raise ConfigError("sqs_wait_seconds must be between 0 and 20")
+    if not 1 <= s.sqs_visibility_timeout_seconds <= 43_200:  # SQS limit, 12 hours
+        raise ConfigError("sqs_visibility_timeout_seconds must be between 1 and 43200")
+    for url in s.sqs_queues:
+        if not url.startswith(("https://", "http://")):
+            raise ConfigError(f"sqs_queues: {url!r} is not a queue URL")
     if s.ingest_concurrency < 1:
         raise ConfigError("ingest_concurrency must be at least 1")
     if s.mongo_uri is not None and not s.mongo_uri.startswith(("mongodb://", "mongodb+srv://")):

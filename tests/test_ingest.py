@@ -194,3 +194,31 @@ async def test_checksum_and_keys_are_recorded(runtime: Runtime, tmp_path: Path) 
     assert doc["patient_name"] == ["DOE^JANE"]
     assert doc["study_date"].year == 2024
     assert doc["ingested_at"] is not None
+
+
+async def test_concurrent_ingests_of_one_study_count_exactly(
+    runtime: Runtime, tmp_path: Path
+) -> None:
+    """FerretDB loses concurrent $inc updates; the rollup lock must make counts exact."""
+    study = generate_uid()
+    series = [generate_uid() for _ in range(3)]
+    paths = []
+    for i in range(60):
+        spec = Spec(
+            study_uid=study,
+            series_uid=series[i % 3],
+            instance_number=i,
+            modality="CT" if i % 3 else "MR",
+        )
+        paths.append(tmp_path / f"{i}.dcm")
+        write_instance(paths[-1], spec)
+    results = await asyncio.gather(*(runtime.ingestor.ingest(p, SOURCE) for p in paths))
+    assert {r.outcome for r in results} == {Outcome.STORED}
+    db = runtime.database.db
+    doc = await db.studies.find_one({"_id": study})
+    assert doc is not None
+    assert (doc["instance_count"], doc["series_count"]) == (60, 3)
+    assert sorted(doc["modalities"]) == ["CT", "MR"]
+    counts = sorted([s["instance_count"] async for s in db.series.find({"study": study})])
+    assert counts == [20, 20, 20]
+    await consistency(runtime)

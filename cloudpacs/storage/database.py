@@ -67,7 +67,7 @@ async def translate_errors() -> AsyncIterator[None]:
     try:
         yield
     except ConnectionFailure as exc:
-        raise Unavailable(f"database unreachable: {type(exc).__name__}") from exc
+        raise Unavailable(f"database unreachable: {type(exc).__name__}: {exc}"[:300]) from exc
     except OperationFailure:
         raise
     except PyMongoError as exc:

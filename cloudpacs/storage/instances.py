@@ -28,6 +28,7 @@ from pymongo.errors import DuplicateKeyError
 from cloudpacs.errors import NotFound
 from cloudpacs.storage import documents
 from cloudpacs.storage.database import Database, translate_errors
+from cloudpacs.storage.locks import Locks
 from cloudpacs.storage.schema import (
     FILES_BUCKET,
     INSTANCES,
@@ -58,9 +59,8 @@ class InstanceStore:
         self.studies = self.db[STUDIES]
         self.files = self.db[f"{FILES_BUCKET}.files"]
         self.uploads = self.db[UPLOADS]
-        # FerretDB v1 applies $inc/$addToSet as read-modify-write without isolation, so
-        # concurrent rollup updates lose counts: this process serialises them.
-        self._rollups_lock = asyncio.Lock()
+        # Rollup updates of a study are serialised across processes (see storage.locks).
+        self.locks = Locks(self.db, utcnow)
 
     # ---- write path -------------------------------------------------------------------
     async def upload_file(self, path: Path, name: str, kind: str = "dicom") -> ObjectId:
@@ -135,7 +135,7 @@ class InstanceStore:
     async def apply_rollups(self, doc: dict[str, Any]) -> None:
         """Count one new instance into its series and study, then clear its flag."""
         now = utcnow()
-        async with self._rollups_lock, translate_errors():
+        async with translate_errors(), self.locks.hold(f"rollup:{doc['study']}"):
             before = await self._upsert(
                 self.series, doc["series"], documents.series_upsert(doc, now)
             )
@@ -159,7 +159,7 @@ class InstanceStore:
     async def recompute_rollups(self, study_uid: str) -> None:
         """Rebuild a study's and its series' rollups from the instances (crash repair)."""
         now = utcnow()
-        async with self._rollups_lock, translate_errors():
+        async with translate_errors(), self.locks.hold(f"rollup:{study_uid}"):
             series_uids = await self.instances.distinct("series", {"study": study_uid})
             study_total = 0
             modalities: set[str] = set()

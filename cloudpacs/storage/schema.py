@@ -24,6 +24,9 @@ FILES_BUCKET = "fs"
 REJECTIONS = "rejections"  # permanent refusals, for operators
 UPLOADS = "uploads"  # journal of GridFS files being written (see storage.instances)
 
+# NamespaceExists, IndexAlreadyExists, IndexOptionsConflict, IndexKeySpecsConflict
+ALREADY_EXISTS_CODES = {48, 68, 85, 86}
+
 _UID_PATTERN = r"^(0|[1-9][0-9]*)(\.(0|[1-9][0-9]*))*$"
 _UID_SCHEMA = {"bsonType": "string", "maxLength": 64, "pattern": _UID_PATTERN}
 
@@ -67,6 +70,8 @@ STUDY_INDEXES = [
     IndexModel([("referring_physician", ASCENDING)]),
 ]
 UPLOAD_INDEXES = [IndexModel([("started_at", ASCENDING)])]
+FILES_INDEXES = [IndexModel([("filename", ASCENDING), ("uploadDate", ASCENDING)])]
+CHUNKS_INDEXES = [IndexModel([("files_id", ASCENDING), ("n", ASCENDING)], unique=True)]
 REJECTION_INDEXES = [
     IndexModel([("at", ASCENDING)]),
     IndexModel([("reason_code", ASCENDING), ("at", ASCENDING)]),
@@ -82,16 +87,42 @@ async def init_schema(database: Database) -> list[str]:
         existing = set(await db.list_collection_names())
         for name in (SERIES, STUDIES, UPLOADS, REJECTIONS):
             if name not in existing:
-                await db.create_collection(name)
-        await db[INSTANCES].create_indexes(INSTANCE_INDEXES)
-        await db[SERIES].create_indexes(SERIES_INDEXES)
-        await db[STUDIES].create_indexes(STUDY_INDEXES)
-        await db[UPLOADS].create_indexes(UPLOAD_INDEXES)
-        await db[REJECTIONS].create_indexes(REJECTION_INDEXES)
-        await db[f"{FILES_BUCKET}.files"].create_index([("filename", 1), ("uploadDate", 1)])
-        await db[f"{FILES_BUCKET}.chunks"].create_index([("files_id", 1), ("n", 1)], unique=True)
+                await _create_collection(db, name)
+        for collection, indexes in (
+            (INSTANCES, INSTANCE_INDEXES),
+            (SERIES, SERIES_INDEXES),
+            (STUDIES, STUDY_INDEXES),
+            (UPLOADS, UPLOAD_INDEXES),
+            (REJECTIONS, REJECTION_INDEXES),
+            (f"{FILES_BUCKET}.files", FILES_INDEXES),
+            (f"{FILES_BUCKET}.chunks", CHUNKS_INDEXES),
+        ):
+            await _ensure_indexes(db[collection], indexes)
     notes.append("indexes ready")
     return notes
+
+
+async def _ensure_indexes(collection: Any, indexes: list[IndexModel]) -> None:
+    """Create the missing indexes one by one. (FerretDB v1.24 drops the connection when one
+    createIndexes command names several indexes that already exist.)"""
+    existing = set((await collection.index_information()).keys())
+    for index in indexes:
+        if index.document["name"] not in existing:
+            try:
+                await collection.create_indexes([index])
+            except OperationFailure as exc:
+                if exc.code not in ALREADY_EXISTS_CODES:  # another node made it meanwhile
+                    raise
+
+
+async def _create_collection(db: Any, name: str, **options: Any) -> None:
+    try:
+        await db.create_collection(name, **options)
+    except CollectionInvalid:
+        pass  # another process created it meanwhile
+    except OperationFailure as exc:
+        if exc.code not in ALREADY_EXISTS_CODES:
+            raise
 
 
 async def _create_validated_instances(database: Database) -> str:
@@ -100,15 +131,12 @@ async def _create_validated_instances(database: Database) -> str:
         if INSTANCES in await db.list_collection_names():
             await db.command("collMod", INSTANCES, validator=INSTANCE_VALIDATOR)
         else:
-            await db.create_collection(INSTANCES, validator=INSTANCE_VALIDATOR)
+            await _create_collection(db, INSTANCES, validator=INSTANCE_VALIDATOR)
         return "server-side $jsonSchema validator installed on instances"
     except OperationFailure as exc:
         if exc.code != NOT_IMPLEMENTED_CODE:
             raise
-    try:
-        await db.create_collection(INSTANCES)
-    except CollectionInvalid:
-        pass  # already exists
+    await _create_collection(db, INSTANCES)
     info = await database.server_info()
     note = (
         f"server-side validation is unavailable on {info.name} {info.version}: "
