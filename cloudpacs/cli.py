@@ -29,6 +29,7 @@ from cloudpacs.importer import import_paths
 from cloudpacs.logs import setup_logging
 from cloudpacs.runtime import Runtime, open_runtime
 from cloudpacs.storage.checkpoints import CheckpointStore
+from cloudpacs.storage.sharding import shard_archive
 from cloudpacs.storage.sweep import sweep
 
 log = logging.getLogger("cloudpacs")
@@ -68,6 +69,9 @@ def _parser() -> argparse.ArgumentParser:
     imp.add_argument("--no-progress", action="store_true")
     db = add("db", "database administration")
     db.add_argument("action", choices=["init", "sweep"])
+    db.add_argument(
+        "--sharded", action="store_true", help="init: also shard the archive (through mongos)"
+    )
     add("config", "print the effective settings, secrets masked")
     aws = add("aws", "AWS set-up")
     aws.add_argument("action", choices=["wire-bucket"])
@@ -118,7 +122,10 @@ async def _dispatch(args: argparse.Namespace, settings: Settings) -> int:
     if command == "db":
         async with open_runtime(settings, sweep_periodically=False) as runtime:
             if args.action == "init":
-                for note in runtime.schema_notes:
+                notes = list(runtime.schema_notes)
+                if args.sharded:
+                    notes += await shard_archive(runtime.database)
+                for note in notes:
                     print(note)
             else:
                 report = await sweep(runtime.store, settings.orphan_grace_seconds)
