@@ -27,6 +27,7 @@ from cloudpacs.errors import CloudPacsError
 from cloudpacs.http.app import create_app
 from cloudpacs.importer import import_paths
 from cloudpacs.logs import setup_logging
+from cloudpacs.notify import sd_notify
 from cloudpacs.runtime import Runtime, open_runtime
 from cloudpacs.storage.checkpoints import CheckpointStore
 from cloudpacs.storage.sharding import shard_archive
@@ -128,7 +129,7 @@ async def _dispatch(args: argparse.Namespace, settings: Settings) -> int:
                 for note in notes:
                     print(note)
             else:
-                report = await sweep(runtime.store, settings.orphan_grace_seconds)
+                report = await sweep(runtime.store, settings.orphan_grace_seconds, full=True)
                 print(report)
         return 0
     if command == "aws":
@@ -152,8 +153,10 @@ async def _dispatch(args: argparse.Namespace, settings: Settings) -> int:
                 queues.start()
                 stack.push_async_callback(queues.stop)
         log.info("cloudpacs.ready", extra={"command": command})
+        sd_notify(settings.notify_socket, "READY=1")
         await stop.wait()
         log.info("cloudpacs.stopping")
+        sd_notify(settings.notify_socket, "STOPPING=1")
     return 0
 
 

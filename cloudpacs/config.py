@@ -47,6 +47,8 @@ class Settings:
     sqs_wait_seconds: int = 10
     sqs_visibility_timeout_seconds: int = 300
     sqs_retry_base_seconds: float = 5.0
+    # set by systemd for Type=notify units (read as NOTIFY_SOCKET, without our prefix)
+    notify_socket: str | None = None
 
     @property
     def inbox(self) -> Path:
@@ -101,6 +103,8 @@ def load_settings(
         env_value = environ.get(ENV_PREFIX + name.upper())
         if env_value is not None:
             values[name] = env_value
+    if environ.get("NOTIFY_SOCKET"):
+        values["notify_socket"] = environ["NOTIFY_SOCKET"]
     values.update({k: v for k, v in (overrides or {}).items() if v is not None})
     unknown = sorted(set(values) - set(names))
     if unknown:
