@@ -9,8 +9,13 @@ FERRETDB := .tools/bin/ferretdb
 run: deps
 	.venv/bin/cloudpacs run
 
-test: deps
+test: deps system-deps
 	$(PY) -m pytest -q $(PYTEST_ARGS)
+
+# Debian packages the tests run for real: HAProxy, Prometheus/promtool, ApacheBench,
+# shellcheck, systemd-analyze.
+system-deps:
+	scripts/install-system-deps.sh haproxy prometheus apache2-utils shellcheck systemd
 
 lint: $(VENV_STAMP)
 	.venv/bin/ruff check cloudpacs tests perf
