@@ -76,7 +76,8 @@ async def backfill(
         bar.update()
 
     pages = _pages(s3, bucket, prefix, start_after)
-    while page := await asyncio.to_thread(next, pages, []):
+    no_more: list[S3Object] = []
+    while page := await asyncio.to_thread(next, pages, no_more):
         before = Counter(counts)
         await asyncio.gather(*(one(obj) for obj in page))
         await checkpoints.advance(job, page[-1].key, dict(counts - before))

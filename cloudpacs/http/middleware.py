@@ -8,6 +8,7 @@ import uuid
 from collections.abc import Awaitable, Callable
 
 from aiohttp import web
+from aiohttp.typedefs import Middleware
 
 from cloudpacs import errors
 from cloudpacs.metrics import Metrics
@@ -35,9 +36,7 @@ def status_for(exc: errors.CloudPacsError) -> int:
     return 500
 
 
-def error_middleware(
-    metrics: Metrics,
-) -> Callable[[web.Request, Handler], Awaitable[web.StreamResponse]]:
+def error_middleware(metrics: Metrics) -> Middleware:
     @web.middleware
     async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
         started = time.perf_counter()
