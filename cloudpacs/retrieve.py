@@ -18,7 +18,17 @@ from cloudpacs.search import Scope
 from cloudpacs.storage.instances import InstanceStore
 
 AS_STORED = "*"
+PIXEL_DATA = "7FE00010"
+UNDEFINED_LENGTH = 0xFFFFFFFF
 _LIST_FIELDS = {"file_id": 1, "transfer_syntax": 1, "study": 1, "series": 1, "size": 1}
+_PIXEL_FIELDS = {
+    "pixels": 1,
+    "bulk": 1,
+    "file_id": 1,
+    "transfer_syntax": 1,
+    "meta": 1,
+    "meta_file_id": 1,
+}
 # Attributes a frame decoder needs, by keyword, with their tags in the stored DICOM JSON.
 _PIXEL_ATTRIBUTES = {
     "Rows": "00280010",
@@ -48,13 +58,37 @@ class RetrieveService:
     def __init__(self, store: InstanceStore) -> None:
         self.store = store
 
-    async def _list(self, scope: Scope, sop: str | None = None) -> list[dict[str, Any]]:
+    async def _matching(
+        self, scope: Scope, sop: str | None, projection: dict[str, Any]
+    ) -> AsyncIterator[dict[str, Any]]:
+        """Instances of the scope (and SOP Instance UID), in retrieval order."""
+        if sop:
+            doc = await self._by_uid(scope, sop, projection)
+            if doc is not None:
+                yield doc
+            return
         query: dict[str, Any] = {"study": scope.study}
         if scope.series:
             query["series"] = scope.series
-        if sop:
-            query["_id"] = sop
-        docs = [doc async for doc in self.store.iter_instances(query, _LIST_FIELDS)]
+        async for doc in self.store.iter_instances(query, projection):
+            yield doc
+
+    async def _by_uid(
+        self, scope: Scope, sop: str, projection: dict[str, Any]
+    ) -> dict[str, Any] | None:
+        """One instance, found by its _id alone (the only condition FerretDB answers from
+        its primary key instead of a scan), then checked against the URL's study/series."""
+        fields = {**projection, "study": 1, "series": 1}
+        docs = await self.store.find("instances", {"_id": sop}, projection=fields, limit=1)
+        if not docs:
+            return None
+        doc = docs[0]
+        if doc["study"] != scope.study or (scope.series and doc["series"] != scope.series):
+            return None
+        return doc
+
+    async def _list(self, scope: Scope, sop: str | None = None) -> list[dict[str, Any]]:
+        docs = [doc async for doc in self._matching(scope, sop, _LIST_FIELDS)]
         if not docs:
             raise NotFound("no such study, series or instance")
         return docs
@@ -93,73 +127,82 @@ class RetrieveService:
                 body = self._converted(doc["file_id"])
                 out_ts = transcode.EXPLICIT_LE
             yield Part(
-                f'application/dicom; transfer-syntax={out_ts}', body, instance_url(base_url, doc)
+                f"application/dicom; transfer-syntax={out_ts}", body, instance_url(base_url, doc)
             )
 
     async def _converted(self, file_id: Any) -> AsyncIterator[bytes]:
-        data = b"".join([chunk async for chunk in self.store.stream_file(file_id)])
-        yield await asyncio.to_thread(transcode.to_explicit_le, data)
+        data = await self._whole_file(file_id)
+        try:
+            yield await asyncio.to_thread(transcode.to_explicit_le, data)
+        except transcode.TranscodeError as exc:
+            raise NotAcceptable(
+                f"{exc}; ask for transfer-syntax=* to get the stored bytes"
+            ) from exc
+
+    async def _whole_file(self, file_id: Any) -> bytes:
+        return b"".join([chunk async for chunk in self.store.stream_file(file_id)])
+
+    async def _read(self, file_id: Any, offset: int, length: int) -> bytes:
+        return b"".join([c async for c in self.store.read_range(file_id, offset, length)])
 
     async def metadata(
         self, scope: Scope, sop: str | None, base_url: str
     ) -> AsyncIterator[dict[str, Any]]:
-        query: dict[str, Any] = {"study": scope.study}
-        if scope.series:
-            query["series"] = scope.series
-        if sop:
-            query["_id"] = sop
         found = False
         projection = {"meta": 1, "meta_file_id": 1, "study": 1, "series": 1}
-        async for doc in self.store.iter_instances(query, projection):
+        async for doc in self._matching(scope, sop, projection):
             found = True
             meta = await self.store.full_meta(doc)
             yield with_absolute_bulk_uris(meta, instance_url(base_url, doc))
         if not found:
             raise NotFound("no such study, series or instance")
 
-    async def _instance_doc(self, scope: Scope, sop: str, projection: dict[str, Any]) -> dict[str, Any]:
-        docs = await self.store.find(
-            "instances",
-            {"_id": sop, "study": scope.study, "series": scope.series},
-            projection=projection,
-            limit=1,
-        )
-        if not docs:
+    async def _instance_doc(
+        self, scope: Scope, sop: str, projection: dict[str, Any]
+    ) -> dict[str, Any]:
+        doc = await self._by_uid(scope, sop, projection)
+        if doc is None:
             raise NotFound("no such instance")
-        return docs[0]
+        return doc
 
     async def bulkdata(self, scope: Scope, sop: str, path: str) -> tuple[int, AsyncIterator[bytes]]:
-        doc = await self._instance_doc(scope, sop, {"bulk": 1, "file_id": 1, "pixels": 1})
+        """The value of one bulk element, little endian (PS3.18 8.7.3.3.2)."""
+        doc = await self._instance_doc(scope, sop, _PIXEL_FIELDS)
         ref = (doc.get("bulk") or {}).get(path)
         if ref is None:
             raise NotFound(f"no bulk data at {path}")
         offset, length = ref
-        if offset < 0:  # position unknown (deflated instance): parse the whole instance
-            data = b"".join([c async for c in self.store.stream_file(doc["file_id"])])
+        nested_encapsulated = length == UNDEFINED_LENGTH and path != PIXEL_DATA
+        if offset < 0 or nested_encapsulated:  # extent unknown: parse the whole instance
+            data = await self._whole_file(doc["file_id"])
             value = await asyncio.to_thread(transcode.element_bytes, data, path)
             return len(value), _once(value)
-        if length == 0xFFFFFFFF:  # encapsulated pixel data: its extent was measured at ingest
+        if length == UNDEFINED_LENGTH:  # encapsulated pixel data: extent measured at ingest
             length = doc["pixels"]["total_length"]
+        if doc.get("transfer_syntax") == transcode.EXPLICIT_BE:
+            word = _word_size(await self.store.full_meta(doc), path)
+            if word > 1:
+                return length, _swapped_chunks(
+                    self.store.read_range(doc["file_id"], offset, length), word
+                )
         return length, self.store.read_range(doc["file_id"], offset, length)
 
     async def frames(
         self, scope: Scope, sop: str, numbers: list[int], want_stored: bool
     ) -> tuple[str, list[AsyncIterator[bytes]]]:
         """The media type and bodies of the requested frames (1-based numbers)."""
-        doc = await self._instance_doc(
-            scope, sop, {"pixels": 1, "file_id": 1, "transfer_syntax": 1, "meta": 1}
-        )
+        doc = await self._instance_doc(scope, sop, _PIXEL_FIELDS)
+        stored = doc["transfer_syntax"]
         pixels = doc.get("pixels")
+        if not pixels and stored == transcode.DEFLATED_LE and PIXEL_DATA in (doc.get("bulk") or {}):
+            return await self._deflated_frames(doc, numbers)
         if not pixels:
             raise NotFound("instance has no frame-addressable pixel data")
         frames = pixels["frames"]
-        bad = [n for n in numbers if not 1 <= n <= len(frames)]
-        if bad:
-            raise InvalidRequest(f"frame numbers out of range 1..{len(frames)}: {bad}")
-        stored = doc["transfer_syntax"]
+        _check_frame_numbers(numbers, len(frames))
         if not pixels["encapsulated"]:
             if stored == transcode.EXPLICIT_BE:
-                raise NotAcceptable("frames of big-endian instances cannot be sent as stored")
+                return "application/octet-stream", await self._big_endian_frames(doc, numbers)
             bodies = [self._frame_bytes(doc, frames[n - 1]) for n in numbers]
             return "application/octet-stream", bodies
         if want_stored:
@@ -170,25 +213,90 @@ class RetrieveService:
             raise NotAcceptable(f"frames in {stored} cannot be decoded here")
         return "application/octet-stream", [self._decoded(doc, frames[n - 1]) for n in numbers]
 
-    async def _frame_bytes(self, doc: dict[str, Any], frame: dict[str, Any]) -> AsyncIterator[bytes]:
+    async def _frame_bytes(
+        self, doc: dict[str, Any], frame: dict[str, Any]
+    ) -> AsyncIterator[bytes]:
         for offset, length in zip(frame["o"], frame["l"], strict=True):
             async for chunk in self.store.read_range(doc["file_id"], offset, length):
                 yield chunk
 
     async def _decoded(self, doc: dict[str, Any], frame: dict[str, Any]) -> AsyncIterator[bytes]:
-        fragments = []
-        for offset, length in zip(frame["o"], frame["l"], strict=True):
-            fragments.append(b"".join([c async for c in self.store.read_range(doc["file_id"], offset, length)]))
-        meta = doc.get("meta", {})
+        fragments = [
+            await self._read(doc["file_id"], offset, length)
+            for offset, length in zip(frame["o"], frame["l"], strict=True)
+        ]
+        meta = await self.store.full_meta(doc)
         attrs = {
             keyword: (meta[tag]["Value"][0])
             for keyword, tag in _PIXEL_ATTRIBUTES.items()
             if meta.get(tag, {}).get("Value")
         }
-        yield await asyncio.to_thread(
-            transcode.decode_frame, attrs, doc["transfer_syntax"], fragments
-        )
+        try:
+            yield await asyncio.to_thread(
+                transcode.decode_frame, attrs, doc["transfer_syntax"], fragments
+            )
+        except transcode.TranscodeError as exc:
+            raise NotAcceptable(f"{exc}; ask for transfer-syntax=* to get it as stored") from exc
+
+    async def _big_endian_frames(
+        self, doc: dict[str, Any], numbers: list[int]
+    ) -> list[AsyncIterator[bytes]]:
+        """Native big endian frames, byte-swapped to little endian (frames on the web are)."""
+        value_offset = doc["bulk"][PIXEL_DATA][0]
+        word = _word_size(await self.store.full_meta(doc), PIXEL_DATA)
+        frames = doc["pixels"]["frames"]
+        return [self._swapped(doc, frames[n - 1], value_offset, word) for n in numbers]
+
+    async def _swapped(
+        self, doc: dict[str, Any], frame: dict[str, Any], value_offset: int, word: int
+    ) -> AsyncIterator[bytes]:
+        offset, length = frame["o"][0], frame["l"][0]
+        # whole words of the value: a frame of 8-bit OW data may start or end mid-word
+        start = offset - (offset - value_offset) % word
+        end = offset + length
+        end += -(end - value_offset) % word
+        data = await self._read(doc["file_id"], start, end - start)
+        swapped = await asyncio.to_thread(transcode.swap_words, data, word)
+        yield swapped[offset - start : offset - start + length]
+
+    async def _deflated_frames(
+        self, doc: dict[str, Any], numbers: list[int]
+    ) -> tuple[str, list[AsyncIterator[bytes]]]:
+        """Frames of a deflated instance, whose offsets are unknown: parse the whole instance."""
+        data = await self._whole_file(doc["file_id"])
+        frames = await asyncio.to_thread(transcode.native_frames, data)
+        if not frames:
+            raise NotFound("instance has no frame-addressable pixel data")
+        _check_frame_numbers(numbers, len(frames))
+        return "application/octet-stream", [_once(frames[n - 1]) for n in numbers]
+
+
+def _check_frame_numbers(numbers: list[int], count: int) -> None:
+    bad = [n for n in numbers if not 1 <= n <= count]
+    if bad:
+        raise InvalidRequest(f"frame numbers out of range 1..{count}: {bad}")
+
+
+def _word_size(meta: dict[str, Any], path: str) -> int:
+    """The byte-swap unit of the big endian bulk value at `path` ("00880200/0/7FE00010")."""
+    parts = path.split("/")
+    for tag, index in zip(parts[:-1:2], parts[1::2], strict=True):
+        meta = meta[tag]["Value"][int(index)]
+    bits = (meta.get("00280100", {}).get("Value") or [0])[0]
+    return transcode.word_size(meta[parts[-1]]["vr"], parts[-1] == PIXEL_DATA, int(bits))
 
 
 async def _once(value: bytes) -> AsyncIterator[bytes]:
     yield value
+
+
+async def _swapped_chunks(chunks: AsyncIterator[bytes], word: int) -> AsyncIterator[bytes]:
+    """Byte-swap a stream word by word, carrying a word split between chunks over."""
+    carry = b""
+    async for chunk in chunks:
+        data = carry + chunk
+        whole = len(data) - len(data) % word
+        carry = data[whole:]
+        yield transcode.swap_words(data[:whole], word)  # one chunk: cheap
+    if carry:
+        yield carry

@@ -26,7 +26,8 @@ class PixelLayout:
 
     encapsulated: bool
     frames: list[list[tuple[int, int]]]
-    total_length: int  # of the whole PixelData value (items included when encapsulated)
+    # of the whole PixelData value: its items when encapsulated, not the sequence delimiter
+    total_length: int
 
 
 def native_layout(ds: Dataset, offset: int, length: int) -> PixelLayout | None:
@@ -35,11 +36,14 @@ def native_layout(ds: Dataset, offset: int, length: int) -> PixelLayout | None:
     bits = int(ds.get("BitsAllocated", 0) or 0)
     samples = int(ds.get("SamplesPerPixel", 1) or 1)
     frames = int(ds.get("NumberOfFrames", 1) or 1)
-    if not rows or not cols or bits % 8:
+    if not rows or not cols or not bits or (bits != 1 and bits % 8):
         return None
     if str(ds.get("PhotometricInterpretation", "")) == "YBR_FULL_422":
-        samples = 2  # two bytes per pixel pair of chroma-subsampled data (PS3.3 C.7.6.3.1.2)
-    frame_size = rows * cols * samples * bits // 8
+        samples = 2  # two samples per pixel of chroma-subsampled data (PS3.3 C.7.6.3.1.2)
+    frame_bits = rows * cols * samples * bits
+    if frame_bits % 8 and frames > 1:
+        return None  # bit-packed frames that do not start on a byte boundary
+    frame_size = (frame_bits + 7) // 8
     if frame_size * frames > length:
         return None
     ranges = [[(offset + i * frame_size, frame_size)] for i in range(frames)]
@@ -58,6 +62,7 @@ def encapsulated_layout(fp: BinaryIO, offset: int, ds: Dataset) -> PixelLayout:
         group, element, length = _ITEM_HEADER.unpack(header)
         tag = (group << 16) | element
         if tag == SEQUENCE_DELIMITER_TAG:
+            total_length = fp.tell() - _ITEM_HEADER.size - offset
             break
         if tag != ITEM_TAG or length == 0xFFFFFFFF:
             raise ValueError(f"unexpected tag {tag:08X} in encapsulated pixel data")
@@ -65,7 +70,6 @@ def encapsulated_layout(fp: BinaryIO, offset: int, ds: Dataset) -> PixelLayout:
             fragments.append((fp.tell(), length))
         first = False  # the first item is the Basic Offset Table
         fp.seek(length, 1)
-    total_length = fp.tell() - offset
     fp.seek(offset)
     number_of_frames = int(ds.get("NumberOfFrames", 1) or 1)
     extended = _extended_offsets(ds)

@@ -20,6 +20,7 @@ BULK_VRS = frozenset({"OB", "OD", "OF", "OL", "OV", "OW", "UN"})
 BULK_THRESHOLD_BYTES = 1024
 PIXEL_DATA = 0x7FE00010
 UNDEFINED_LENGTH = 0xFFFFFFFF
+UNKNOWN_OFFSET = -1  # a bulk value whose position in the file is not known
 
 # pydicom raises any of these on malformed element values of untrusted input.
 VALUE_ERRORS = (
@@ -61,7 +62,8 @@ def dataset_to_json(ds: Dataset) -> JsonResult:
     return result
 
 
-def _walk(ds: Dataset, prefix: str, result: JsonResult) -> dict[str, Any]:
+def _walk(ds: Dataset, prefix: str, result: JsonResult, base: int | None = 0) -> dict[str, Any]:
+    """`base`: where the value holding `ds` starts in the file (None: not known)."""
     out: dict[str, Any] = {}
     for tag in sorted(ds.keys()):
         if tag.group == 0x0002:
@@ -69,25 +71,36 @@ def _walk(ds: Dataset, prefix: str, result: JsonResult) -> dict[str, Any]:
         key = tag_key(tag)
         path = f"{prefix}{key}"
         try:
-            out[key] = _element_json(ds, tag, path, result)
+            out[key] = _element_json(ds, tag, path, result, base)
         except VALUE_ERRORS as exc:
             result.warnings.append(f"{key}: value not decodable ({type(exc).__name__})")
             out[key] = {"vr": _vr_of(ds.get_item(tag, keep_deferred=True), tag) or "UN"}
     return out
 
 
-def _element_json(ds: Dataset, tag: BaseTag, path: str, result: JsonResult) -> dict[str, Any]:
+def _element_json(
+    ds: Dataset, tag: BaseTag, path: str, result: JsonResult, base: int | None
+) -> dict[str, Any]:
     item = ds.get_item(tag, keep_deferred=True)
     vr = _vr_of(item, tag)
+    # pydicom reads sequence items from the sequence's own value: the positions of their
+    # elements are relative to where that value starts
+    value_start = None
+    if isinstance(item, RawDataElement) and base is not None:
+        value_start = base + item.value_tell
     if isinstance(item, RawDataElement) and vr is not None:
         vr = _resolve_ambiguous(vr, ds, tag)
         is_bulk_size = item.length > BULK_THRESHOLD_BYTES or tag == PIXEL_DATA
         if vr in BULK_VRS and item.length and is_bulk_size:
-            result.bulk[path] = BulkRef(offset=item.value_tell, length=item.length)
+            offset = UNKNOWN_OFFSET if value_start is None else value_start
+            result.bulk[path] = BulkRef(offset=offset, length=item.length)
             return {"vr": vr, "BulkDataURI": f"bulkdata/{path}"}
     elem = ds[tag]
     if elem.VR == "SQ":
-        items = [_walk(child, f"{path}/{index}/", result) for index, child in enumerate(elem.value)]
+        items = [
+            _walk(child, f"{path}/{index}/", result, value_start)
+            for index, child in enumerate(elem.value)
+        ]
         return {"vr": "SQ", "Value": items} if items else {"vr": "SQ"}
     return _to_json(elem)
 
@@ -111,8 +124,10 @@ def _resolve_ambiguous(vr: str, ds: Dataset, tag: BaseTag) -> str:
     if " or " not in vr:
         return vr
     if tag == PIXEL_DATA:
-        bits = ds.get("BitsAllocated", 16)
-        return "OW" if isinstance(bits, int) and bits > 8 else "OB"
+        # only implicit VR leaves it ambiguous, and there native pixel data is OW (PS3.5 A.1)
+        item = ds.get_item(tag, keep_deferred=True)
+        encapsulated = isinstance(item, RawDataElement) and item.length == UNDEFINED_LENGTH
+        return "OB" if encapsulated else "OW"
     return vr.split(" or ")[0]
 
 

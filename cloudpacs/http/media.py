@@ -45,7 +45,9 @@ def parse_accept(header: str | None) -> list[MediaRange]:
 
 
 def _split_outside_quotes(text: str, sep: str) -> list[str]:
-    parts, current, quoted = [], [], False
+    parts: list[str] = []
+    current: list[str] = []
+    quoted = False
     for char in text:
         if char == '"':
             quoted = not quoted
@@ -72,7 +74,8 @@ def negotiate_dicom(header: str | None) -> str:
         if r.q <= 0:
             continue
         if r.type in ("*/*", "multipart/*") or (
-            r.type == "multipart/related" and r.params.get("type", "application/dicom") in ("application/dicom", "*/*")
+            r.type == "multipart/related"
+            and r.params.get("type", "application/dicom") in ("application/dicom", "*/*")
         ):
             return _transfer_syntax(r)
     raise NotAcceptable('instances are available as multipart/related; type="application/dicom"')
@@ -100,47 +103,78 @@ def negotiate_frames(header: str | None) -> bool:
                 return syntax == "*"
             if part_type.startswith("image/") or part_type == "*/*":
                 return True
-    raise NotAcceptable('frames are available as multipart/related; type="application/octet-stream"')
+    raise NotAcceptable(
+        'frames are available as multipart/related; type="application/octet-stream"'
+    )
 
 
 def negotiate_bulkdata(header: str | None) -> None:
     for r in parse_accept(header):
         if r.q > 0 and (
             r.type in ("*/*", "multipart/*", "application/octet-stream")
-            or (r.type == "multipart/related" and r.params.get("type", "application/octet-stream") in ("application/octet-stream", "*/*"))
+            or (
+                r.type == "multipart/related"
+                and r.params.get("type", "application/octet-stream")
+                in ("application/octet-stream", "*/*")
+            )
         ):
             return
-    raise NotAcceptable('bulk data is available as multipart/related; type="application/octet-stream"')
+    raise NotAcceptable(
+        'bulk data is available as multipart/related; type="application/octet-stream"'
+    )
 
 
 async def stream_multipart(
     request: web.Request, part_type: str, parts: AsyncIterator[Part]
 ) -> web.StreamResponse:
     """Write parts as they come. aiohttp's MultipartWriter wants sized payloads up front, so
-    the (simple, RFC 2046) framing is written here to stream each part from GridFS."""
+    the (simple, RFC 2046) framing is written here to stream each part from GridFS.
+
+    The first chunk is read before the answer starts, so an error there (a missing file, an
+    undecodable instance) still gets its own status. Once the answer has started, a failure
+    can only be reported by cutting the connection: the client sees an incomplete body,
+    never a truncated one that looks whole."""
     boundary = uuid.uuid4().hex
     response = web.StreamResponse(
         headers={"Content-Type": f'multipart/related; type="{part_type}"; boundary={boundary}'}
     )
-    started = False
-    async for part in parts:
-        if not started:
-            await response.prepare(request)
-            started = True
-        header = f"--{boundary}\r\nContent-Type: {part.content_type}\r\n"
-        if part.location:
-            header += f"Content-Location: {part.location}\r\n"
-        await response.write((header + "\r\n").encode())
-        async for chunk in part.body:
-            await response.write(chunk)
-        await response.write(b"\r\n")
-    if not started:
-        await response.prepare(request)
-    await response.write(f"--{boundary}--\r\n".encode())
+    first = await anext(parts, None)
+    first_chunk = await anext(first.body, b"") if first is not None else b""
+    await response.prepare(request)
+    try:
+        if first is not None:
+            await _write_part(response, boundary, first, first_chunk)
+        async for part in parts:
+            await _write_part(response, boundary, part, b"")
+        await response.write(f"--{boundary}--\r\n".encode())
+    except BaseException:
+        abort_started(request)
+        raise
     await response.write_eof()
     return response
 
 
-async def single_parts(content_type: str, bodies: list[AsyncIterator[bytes]]) -> AsyncIterator[Part]:
+async def _write_part(
+    response: web.StreamResponse, boundary: str, part: Part, first_chunk: bytes
+) -> None:
+    header = f"--{boundary}\r\nContent-Type: {part.content_type}\r\n"
+    if part.location:
+        header += f"Content-Location: {part.location}\r\n"
+    await response.write((header + "\r\n").encode() + first_chunk)
+    async for chunk in part.body:
+        await response.write(chunk)
+    await response.write(b"\r\n")
+
+
+def abort_started(request: web.Request) -> None:
+    """End a started answer that cannot be completed: close without the final chunk."""
+    transport = request.transport
+    if transport is not None:
+        transport.close()
+
+
+async def single_parts(
+    content_type: str, bodies: list[AsyncIterator[bytes]]
+) -> AsyncIterator[Part]:
     for body in bodies:
         yield Part(content_type, body)

@@ -1,85 +1,122 @@
 """STOW-RS: store instances sent as multipart/related application/dicom (PS3.18 10.5).
 
-Each part is streamed to a temporary file, then handed to the same ingest as every source.
+The whole body is received first, each part streamed to a temporary file (the request is
+refused with 413, storing nothing, once it passes max_upload_bytes); then every part is
+handed to the same ingest as every source.
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
+import shutil
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from aiohttp import BodyPartReader, web
+from aiohttp.helpers import parse_mimetype
+from aiohttp.http_exceptions import HttpProcessingError
 
 from cloudpacs.errors import InvalidRequest, PayloadTooLarge, UnsupportedMedia
 from cloudpacs.http.media import DICOM_JSON
 from cloudpacs.http.services import base_url, services
-from cloudpacs.ingest import IngestResult, Outcome, Source
+from cloudpacs.ingest import Ingestor, IngestResult, Outcome, Source
 
 PART_CHUNK_BYTES = 1024 * 1024
+DICOM = "application/dicom"
 # PS3.18 Table 10.5.3-2 / PS3.4 Annex C failure reasons
 FAILURE_CANNOT_UNDERSTAND = 0xC000
 FAILURE_DUPLICATE_CONFLICT = 0x0111
 FAILURE_WRONG_STUDY = 0xA900
 FAILURE_NOT_DICOM_PART = 0xC000
+TOO_LARGE = "request body is over the upload limit (max_upload_bytes)"
 FAILURE_CODES = {"conflict": FAILURE_DUPLICATE_CONFLICT, "wrong-study": FAILURE_WRONG_STUDY}
 
 
+@dataclass(frozen=True)
+class ReceivedPart:
+    path: Path
+    media_type: str
+
+
 async def store(request: web.Request) -> web.Response:
-    content_type = request.headers.get("Content-Type", "")
-    if not content_type.lower().startswith("multipart/related"):
-        raise UnsupportedMedia('STOW-RS takes multipart/related; type="application/dicom"')
-    if 'type="application/dicom+json"' in content_type or "type=application/dicom+json" in content_type:
-        raise UnsupportedMedia("STOW-RS of DICOM JSON with bulk data is not supported; send application/dicom")
+    _check_content_type(request.headers.get("Content-Type", ""))
     svc = services(request)
-    expected_study = request.match_info.get("study")
     limit = svc.settings.max_upload_bytes
-    tmp_dir = svc.settings.home / "tmp"
-    tmp_dir.mkdir(parents=True, exist_ok=True)
+    if request.content_length is not None and request.content_length > limit:
+        raise PayloadTooLarge(TOO_LARGE)
+    tmp_root = svc.settings.home / "tmp"
+    await asyncio.to_thread(tmp_root.mkdir, parents=True, exist_ok=True)
+    folder = Path(await asyncio.to_thread(tempfile.mkdtemp, dir=tmp_root))
+    try:
+        parts = await _receive(request, folder, limit)
+        if not parts:
+            raise InvalidRequest("the multipart body has no parts")
+        expected_study = request.match_info.get("study")
+        source = Source("stow", request.remote or "")
+        results = [await _ingest(svc.ingestor, part, source, expected_study) for part in parts]
+    finally:
+        await asyncio.to_thread(shutil.rmtree, folder, True)
+    return _answer(results, base_url(request), expected_study)
+
+
+def _check_content_type(header: str) -> None:
+    media = parse_mimetype(header)
+    if (media.type, media.subtype) != ("multipart", "related"):
+        raise UnsupportedMedia(f'STOW-RS takes multipart/related; type="{DICOM}"')
+    part_type = media.parameters.get("type", DICOM).lower()
+    if part_type == "application/dicom+json":
+        raise UnsupportedMedia(
+            "STOW-RS of DICOM JSON with bulk data is not supported; send application/dicom"
+        )
+    if part_type != DICOM:
+        raise UnsupportedMedia(f'STOW-RS takes multipart/related; type="{DICOM}"')
+
+
+async def _receive(request: web.Request, folder: Path, limit: int) -> list[ReceivedPart]:
+    """Every part of the body, each in its own file under `folder`."""
+    received: list[ReceivedPart] = []
+    total = 0
     try:
         reader = await request.multipart()
-    except (ValueError, AssertionError) as exc:
+        while (part := await reader.next()) is not None:
+            if not isinstance(part, BodyPartReader):
+                raise InvalidRequest("nested multipart bodies are not supported")
+            media_type = part.headers.get("Content-Type", DICOM).split(";")[0].strip().lower()
+            path = folder / f"{len(received)}.dcm"
+            total += await _save_part(part, path, limit - total)
+            received.append(ReceivedPart(path, media_type))
+    except (ValueError, AssertionError, HttpProcessingError) as exc:
         raise InvalidRequest(f"malformed multipart body: {exc}") from exc
-    results: list[IngestResult] = []
-    received = 0
-    source = Source("stow", request.remote or "")
-    while True:
-        try:
-            part = await reader.next()
-        except ValueError as exc:
-            raise InvalidRequest(f"malformed multipart body: {exc}") from exc
-        if part is None:
-            break
-        if not isinstance(part, BodyPartReader):
-            raise InvalidRequest("nested multipart bodies are not supported")
-        part_type = part.headers.get("Content-Type", "application/dicom").split(";")[0].strip()
-        path = Path(tempfile.mkstemp(dir=tmp_dir, suffix=".dcm")[1])
-        try:
-            received += await _save_part(part, path, limit - received)
-            if part_type.lower() != "application/dicom":
-                results.append(
-                    IngestResult(Outcome.REJECTED, reason=f"part is {part_type}, not application/dicom", reason_code="media-type")
-                )
-                continue
-            results.append(await svc.ingestor.ingest(path, source, expected_study))
-        finally:
-            await asyncio.to_thread(path.unlink, missing_ok=True)
-    if not results:
-        raise InvalidRequest("the multipart body has no parts")
-    return _answer(results, base_url(request), expected_study)
+    return received
 
 
 async def _save_part(part: BodyPartReader, path: Path, budget: int) -> int:
     size = 0
-    with path.open("wb") as fp:
+    fp = await asyncio.to_thread(path.open, "wb")
+    try:
         while chunk := await part.read_chunk(PART_CHUNK_BYTES):
             size += len(chunk)
             if size > budget:
-                raise PayloadTooLarge("request body is over the upload limit (max_upload_bytes)")
+                raise PayloadTooLarge(TOO_LARGE)
             await asyncio.to_thread(fp.write, chunk)
+    finally:
+        await asyncio.to_thread(fp.close)
     return size
+
+
+async def _ingest(
+    ingestor: Ingestor, part: ReceivedPart, source: Source, expected_study: str | None
+) -> IngestResult:
+    if part.media_type != DICOM:
+        return IngestResult(
+            Outcome.REJECTED,
+            reason=f"part is {part.media_type}, not {DICOM}",
+            reason_code="media-type",
+        )
+    return await ingestor.ingest(part.path, source, expected_study)
 
 
 def _uid(value: str | None) -> dict[str, Any]:

@@ -10,6 +10,7 @@ from aiohttp import web
 from cloudpacs.errors import InvalidRequest
 from cloudpacs.http.media import (
     DICOM_JSON,
+    abort_started,
     negotiate_bulkdata,
     negotiate_dicom,
     negotiate_frames,
@@ -42,10 +43,14 @@ async def metadata(request: web.Request) -> web.StreamResponse:
     first = await anext(items)  # raises NotFound before the answer starts
     response = web.StreamResponse(headers={"Content-Type": DICOM_JSON})
     await response.prepare(request)
-    await response.write(b"[" + json.dumps(first, ensure_ascii=False).encode())
-    async for item in items:
-        await response.write(b"," + json.dumps(item, ensure_ascii=False).encode())
-    await response.write(b"]")
+    try:
+        await response.write(b"[" + json.dumps(first, ensure_ascii=False).encode())
+        async for item in items:
+            await response.write(b"," + json.dumps(item, ensure_ascii=False).encode())
+        await response.write(b"]")
+    except BaseException:
+        abort_started(request)  # never let a cut-short array look complete
+        raise
     await response.write_eof()
     return response
 
