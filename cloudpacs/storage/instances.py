@@ -20,14 +20,12 @@ from pathlib import Path
 from typing import Any
 
 from bson import ObjectId
-from gridfs import AsyncGridFSBucket
-from gridfs.errors import NoFile
 from pymongo import ReturnDocument
 from pymongo.errors import DuplicateKeyError
 
-from cloudpacs.errors import NotFound
 from cloudpacs.storage import documents
 from cloudpacs.storage.database import Database, translate_errors
+from cloudpacs.storage.files import FileStore
 from cloudpacs.storage.locks import Locks
 from cloudpacs.storage.schema import (
     FILES_BUCKET,
@@ -38,7 +36,6 @@ from cloudpacs.storage.schema import (
     UPLOADS,
 )
 
-CHUNK_BYTES = 255 * 1024  # GridFS default chunk size
 UPSERT_RETRIES = 3
 
 
@@ -53,7 +50,7 @@ def utcnow() -> datetime:
 class InstanceStore:
     def __init__(self, database: Database) -> None:
         self.db = database.db
-        self.bucket = AsyncGridFSBucket(self.db, bucket_name=FILES_BUCKET)
+        self.blobs = FileStore(self.db, FILES_BUCKET)
         self.instances = self.db[INSTANCES]
         self.series = self.db[SERIES]
         self.studies = self.db[STUDIES]
@@ -64,26 +61,20 @@ class InstanceStore:
 
     # ---- write path -------------------------------------------------------------------
     async def upload_file(self, path: Path, name: str, kind: str = "dicom") -> ObjectId:
-        """Copy a local file into GridFS under a journal entry; aborted on failure."""
+        """Copy a local file into GridFS under a journal entry (the sweep's safety net)."""
         file_id = await self._journal(name)
         async with translate_errors():
-            grid_in = self.bucket.open_upload_stream_with_id(file_id, name, metadata={"kind": kind})
             try:
-                with path.open("rb") as fp:
-                    while chunk := await asyncio.to_thread(fp.read, CHUNK_BYTES * 4):
-                        await grid_in.write(chunk)
-                await grid_in.close()
+                await self.blobs.write_path(file_id, path, name, {"kind": kind})
             except BaseException:
-                await _abort(grid_in)
+                await asyncio.shield(_quietly(self.blobs.delete(file_id)))
                 raise
         return file_id
 
     async def upload_bytes(self, data: bytes, name: str, kind: str) -> ObjectId:
         file_id = await self._journal(name)
         async with translate_errors():
-            await self.bucket.upload_from_stream_with_id(
-                file_id, name, data, metadata={"kind": kind}
-            )
+            await self.blobs.write_bytes(file_id, data, name, {"kind": kind})
         return file_id
 
     async def _journal(self, name: str) -> ObjectId:
@@ -101,8 +92,7 @@ class InstanceStore:
         """Delete GridFS files (chunks too, even without a files document) and their entries."""
         async with translate_errors():
             for file_id in file_ids:
-                await self.db[f"{FILES_BUCKET}.chunks"].delete_many({"files_id": file_id})
-                await self.files.delete_one({"_id": file_id})
+                await self.blobs.delete(file_id)
                 await self.uploads.delete_one({"_id": file_id})
 
     async def record_rejection(self, record: dict[str, Any]) -> None:
@@ -255,32 +245,18 @@ class InstanceStore:
 
     async def stream_file(self, file_id: Any) -> AsyncIterator[bytes]:
         async with translate_errors():
-            try:
-                grid_out = await self.bucket.open_download_stream(file_id)
-            except NoFile as exc:
-                raise NotFound("stored file is missing") from exc
-            while chunk := await grid_out.readchunk():
+            async for chunk in self.blobs.read(file_id):
                 yield chunk
 
     async def read_range(self, file_id: Any, offset: int, length: int) -> AsyncIterator[bytes]:
         """Bytes [offset, offset+length) of a stored file, read chunk by chunk."""
         async with translate_errors():
-            try:
-                grid_out = await self.bucket.open_download_stream(file_id)
-            except NoFile as exc:
-                raise NotFound("stored file is missing") from exc
-            await grid_out.seek(offset)
-            remaining = length
-            while remaining > 0:
-                chunk = await grid_out.read(min(remaining, CHUNK_BYTES))
-                if not chunk:
-                    break
-                remaining -= len(chunk)
+            async for chunk in self.blobs.read(file_id, offset, length):
                 yield chunk
 
 
-async def _abort(grid_in: Any) -> None:
+async def _quietly(work: Any) -> None:
     try:
-        await grid_in.abort()
-    except Exception:  # noqa: BLE001 - best effort; the sweep removes what abort could not
+        await work
+    except Exception:  # noqa: BLE001 - best effort; the journal lets the sweep finish it
         pass
