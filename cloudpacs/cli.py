@@ -214,7 +214,9 @@ async def _import(args: argparse.Namespace, runtime: Runtime) -> int:
 @contextlib.asynccontextmanager
 async def _http(runtime: Runtime) -> AsyncIterator[None]:
     settings = runtime.settings
-    runner = web.AppRunner(create_app(runtime.services()), access_log=None)
+    runner = web.AppRunner(
+        create_app(runtime.services()), access_log=None, shutdown_timeout=settings.drain_seconds
+    )
     await runner.setup()
     site = web.TCPSite(runner, settings.http_host, settings.http_port)
     await site.start()
