@@ -15,7 +15,7 @@ test: deps system-deps
 # Debian packages the tests run for real: HAProxy, Prometheus/promtool, ApacheBench,
 # shellcheck, systemd-analyze.
 system-deps:
-	scripts/install-system-deps.sh haproxy prometheus apache2-utils shellcheck systemd openssl
+	scripts/install-system-deps.sh haproxy prometheus prometheus-node-exporter apache2-utils shellcheck systemd openssl
 
 lint: $(VENV_STAMP)
 	.venv/bin/ruff check cloudpacs tests perf

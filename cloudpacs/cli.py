@@ -140,7 +140,9 @@ async def _dispatch(args: argparse.Namespace, settings: Settings) -> int:
     stop = _stop_on_signal()  # before start-up: see _stop_on_signal
     async with open_runtime(settings) as runtime, contextlib.AsyncExitStack() as stack:
         if command in ("run", "serve"):
-            await stack.enter_async_context(_http(runtime))
+            await stack.enter_async_context(_http(runtime, settings.http_port))
+        elif settings.metrics_port is not None:
+            await stack.enter_async_context(_http(runtime, settings.metrics_port, ops_only=True))
         if command in ("run", "ingest"):
             daemon = FolderDaemon(settings, runtime.ingestor)
             await daemon.start()
@@ -212,15 +214,14 @@ async def _import(args: argparse.Namespace, runtime: Runtime) -> int:
 
 
 @contextlib.asynccontextmanager
-async def _http(runtime: Runtime) -> AsyncIterator[None]:
+async def _http(runtime: Runtime, port: int, ops_only: bool = False) -> AsyncIterator[None]:
     settings = runtime.settings
-    runner = web.AppRunner(
-        create_app(runtime.services()), access_log=None, shutdown_timeout=settings.drain_seconds
-    )
+    app = create_app(runtime.services(), ops_only=ops_only)
+    runner = web.AppRunner(app, access_log=None, shutdown_timeout=settings.drain_seconds)
     await runner.setup()
-    site = web.TCPSite(runner, settings.http_host, settings.http_port)
+    site = web.TCPSite(runner, settings.http_host, port)
     await site.start()
-    log.info("http.listening", extra={"host": settings.http_host, "port": settings.http_port})
+    log.info("http.listening", extra={"host": settings.http_host, "port": port})
     try:
         yield
     finally:

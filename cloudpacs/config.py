@@ -28,6 +28,8 @@ class Settings:
     watch: Path | None = None
     http_host: str = "127.0.0.1"
     http_port: int = 8080
+    # `cloudpacs ingest` serves /metrics and /healthz here (on http_host) when set
+    metrics_port: int | None = None
     mongo_uri: str | None = field(default=None, repr=False)
     database: str = "cloudpacs"
     ferretdb_binary: Path = Path(".tools/bin/ferretdb")
@@ -129,6 +131,8 @@ def _coerce(name: str, type_name: object, value: Any) -> Any:
             return None if value in (None, "") else Path(value)
         if text == "int":
             return _integer(value)
+        if text == "int | None":
+            return None if value in (None, "") else _integer(value)
         if text == "float":
             return float(value)
         if "str" in text:

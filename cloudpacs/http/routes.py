@@ -12,10 +12,14 @@ SERIES = STUDY + "/series/{series}"
 INSTANCE = SERIES + "/instances/{instance}"
 
 
-def add_routes(app: web.Application) -> None:
+def add_ops_routes(app: web.Application) -> None:
     app.router.add_get("/healthz", health.healthz)
     app.router.add_get("/readyz", health.readyz)
     app.router.add_get("/metrics", health.metrics)
+
+
+def add_routes(app: web.Application) -> None:
+    add_ops_routes(app)
     # QIDO-RS
     app.router.add_get(R + "/studies", qido.search_studies)
     app.router.add_get(R + "/series", qido.search_series)
