@@ -151,16 +151,19 @@ class Ingestor:
         file_ids = await self._upload(path, parsed)
         try:
             doc = await self._document(parsed, file_ids, source)
-            if existing is not None:
-                return await self._overwrite(parsed, doc, existing, file_ids)
-            try:
-                await self.store.insert(doc)
-            except AlreadyStored:
-                await self.store.delete_files(file_ids)
-                return await self._lost_race(parsed)
         except BaseException:
             await _quietly_delete(self.store, file_ids)
             raise
+        # From here on, a failure (connection lost, cancelled) may come after the server
+        # stored the document: the files then stay under their journal entries, and the
+        # sweep deletes them only if no instance references them.
+        if existing is not None:
+            return await self._overwrite(parsed, doc, existing, file_ids)
+        try:
+            await self.store.insert(doc)
+        except AlreadyStored:
+            await self.store.delete_files(file_ids)
+            return await self._lost_race(parsed)
         await self._finish(doc, file_ids)
         self.metrics.stored_bytes.inc(parsed.size)
         return IngestResult.of(Outcome.STORED, parsed)

@@ -18,11 +18,25 @@ REDACTED = "[redacted]"
 
 
 def redact(fields: dict[str, Any]) -> dict[str, Any]:
-    """Mask fields whose names suggest patient data (PatientName, patient_id, ...)."""
+    """Mask fields whose names suggest patient data (PatientName, patient_id, ...), at any
+    depth of nested dicts and lists."""
     return {
-        key: REDACTED if any(word in key.lower() for word in _PATIENT_FIELDS) else value
+        key: REDACTED if _is_patient_field(key) else _redact_value(value)
         for key, value in fields.items()
     }
+
+
+def _is_patient_field(key: object) -> bool:
+    name = str(key).lower()
+    return any(word in name for word in _PATIENT_FIELDS)
+
+
+def _redact_value(value: Any) -> Any:
+    if isinstance(value, dict):
+        return redact(value)
+    if isinstance(value, list | tuple | set):
+        return [_redact_value(item) for item in value]
+    return value
 
 
 class JsonFormatter(logging.Formatter):

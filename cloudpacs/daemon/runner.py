@@ -88,14 +88,16 @@ class IngestRunner:
     def start(self) -> None:
         self._workers = [asyncio.create_task(self._work()) for _ in range(self.concurrency)]
 
-    async def drain(self, timeout: float) -> None:
-        """Stop taking new work; give in-flight ingests `timeout` seconds, then cancel them.
+    async def drain(self, grace_seconds: float) -> None:
+        """Stop taking new work; give in-flight ingests `grace_seconds`, then cancel them.
         Cancelled files stay where they are and are picked up at the next start."""
         self._stopping = True
         while not self.queue.empty():
             self.queue.get_nowait()
             self.queue.task_done()
-        _, pending = await asyncio.wait(self._workers, timeout=timeout) if self._workers else ((), ())
+        pending: set[asyncio.Task[None]] = set()
+        if self._workers:
+            _, pending = await asyncio.wait(self._workers, timeout=grace_seconds)
         for task in self._workers:
             task.cancel()
         for task in self._workers:
@@ -120,32 +122,50 @@ class IngestRunner:
                 self.queue.task_done()
 
     async def _process(self, path: Path) -> None:
+        result = await self._ingest(path)
+        if result is None:
+            return
+        if result.outcome is Outcome.REJECTED:
+            done = await self._dispose(self.disposal.failed, path, result.reason or "rejected")
+        else:
+            done = await self._dispose(self.disposal.succeeded, path)
+        if done and self.on_done is not None:
+            self.on_done(path, result)
+
+    async def _ingest(self, path: Path) -> IngestResult | None:
+        """Ingest, retrying while the database is unavailable; None: the file stays put
+        (gone, stopping) or was moved to failed/ after repeated internal errors."""
         delay = RETRY_BASE_SECONDS
         unexpected = 0
         while True:
             if not await asyncio.to_thread(path.exists):
-                return  # removed by someone else meanwhile
+                return None  # removed by someone else meanwhile
             try:
-                result = await self.ingestor.ingest(
+                return await self.ingestor.ingest(
                     path, Source(self.source_kind, str(self.disposal.relative(path)))
                 )
-                break
             except Unavailable as exc:
                 log.warning("ingest.retry", extra={"reason": str(exc), "delay_seconds": delay})
-            except Exception:  # noqa: BLE001 - a bug must not kill the worker or lose the file
+            except Exception:  # a bug must not kill the worker or lose the file
                 unexpected += 1
                 log.exception("ingest.unexpected_error", extra={"attempt": unexpected})
                 if unexpected >= MAX_UNEXPECTED_FAILURES:
                     reason = "internal error while ingesting; see the cloudpacs log"
-                    await asyncio.to_thread(self.disposal.failed, path, reason)
-                    return
+                    await self._dispose(self.disposal.failed, path, reason)
+                    return None
             if self._stopping:
-                return
+                return None
             await asyncio.sleep(delay)
             delay = min(delay * 2, RETRY_MAX_SECONDS)
-        if result.outcome is Outcome.REJECTED:
-            await asyncio.to_thread(self.disposal.failed, path, result.reason or "rejected")
-        else:
-            await asyncio.to_thread(self.disposal.succeeded, path)
-        if self.on_done is not None:
-            self.on_done(path, result)
+
+    async def _dispose(self, action: Callable[..., None], path: Path, *args: str) -> bool:
+        """Move or delete a finished file; a file-system error leaves it where it is."""
+        try:
+            await asyncio.to_thread(action, path, *args)
+        except OSError as exc:
+            log.error(
+                "runner.dispose_failed",
+                extra={"path": str(self.disposal.relative(path)), "reason": str(exc)},
+            )
+            return False
+        return True

@@ -29,13 +29,27 @@ class FolderDaemon:
             submit=self.runner.submit,
             refuse=self._refuse,
             settle_seconds=settings.file_settle_seconds,
-            excluded=(settings.failed_dir, settings.done_dir, settings.home / "tmp", settings.home / "db"),
+            excluded=(
+                settings.failed_dir,
+                settings.done_dir,
+                settings.home / "tmp",
+                settings.home / "db",
+            ),
         )
+        self._refusals: set[asyncio.Task[None]] = set()
 
     def _refuse(self, path: Path, reason: str) -> None:
-        log.warning("folder.refused", extra={"reason": reason, "path": str(self.disposal.relative(path))})
+        log.warning(
+            "folder.refused", extra={"reason": reason, "path": str(self.disposal.relative(path))}
+        )
         task = asyncio.create_task(asyncio.to_thread(self.disposal.failed, path, reason))
-        task.add_done_callback(lambda t: t.exception() and log.error("folder.refuse_failed"))
+        self._refusals.add(task)  # a reference, so the task is not garbage-collected
+        task.add_done_callback(self._refused)
+
+    def _refused(self, task: asyncio.Task[None]) -> None:
+        self._refusals.discard(task)
+        if not task.cancelled() and (exc := task.exception()) is not None:
+            log.error("folder.refuse_failed", extra={"reason": str(exc)})
 
     async def start(self) -> None:
         self.runner.start()
@@ -44,3 +58,5 @@ class FolderDaemon:
     async def stop(self) -> None:
         await self.source.stop()
         await self.runner.drain(self.settings.drain_seconds)
+        if self._refusals:
+            await asyncio.wait(set(self._refusals))

@@ -112,12 +112,18 @@ class FileStore:
         """Delete a file and its chunks, even chunks written before a crash left no files
         document (chunks are written in order, so they are probed from n = 0 up)."""
         info = await self.files.find_one({"_id": file_id}, {"length": 1, "chunkSize": 1})
-        n = 0
+        n = deleted = 0
         if info is not None:
             count = -(-int(info["length"]) // int(info["chunkSize"]))
             for n in range(count):
-                await self.chunks.delete_one({"_id": chunk_id(file_id, n)})
+                result = await self.chunks.delete_one({"_id": chunk_id(file_id, n)})
+                deleted += result.deleted_count
             n = count
         while (await self.chunks.delete_one({"_id": chunk_id(file_id, n)})).deleted_count:
             n += 1
+            deleted += 1
+        if not deleted:
+            # None addressed by _id: chunks another GridFS client wrote (pymongo's GridFS,
+            # before this store) are found by the standard query (a scan on FerretDB).
+            await self.chunks.delete_many({"files_id": file_id})
         await self.files.delete_one({"_id": file_id})

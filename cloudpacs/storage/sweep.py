@@ -1,17 +1,25 @@
 """Crash repair: delete GridFS files no instance references, recompute interrupted rollups.
 
-Both only touch work older than a grace period, so a sweep never races a live ingest.
+Everything only touches work older than a grace period, so a sweep never races a live ingest.
+
+The journal (`uploads`) names every file being written, so the periodic sweep needs nothing
+else. A crash while an overwritten instance's old file is being deleted leaves a file that
+no instance references and no journal entry names; `full=True` (`cloudpacs db sweep`) also
+finds those, at the price of reading every instance and every GridFS file document.
 """
 
 from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import datetime, timedelta
+from typing import Any
 
 from cloudpacs.storage.instances import InstanceStore, utcnow
 
 log = logging.getLogger(__name__)
+
+CLOCK_MARGIN = timedelta(seconds=1)
 
 
 @dataclass(frozen=True)
@@ -19,13 +27,37 @@ class SweepReport:
     orphans_deleted: int
     uploads_settled: int
     studies_repaired: int
+    unjournaled_deleted: int = 0
 
 
-async def sweep(store: InstanceStore, grace_seconds: float) -> SweepReport:
+async def sweep(store: InstanceStore, grace_seconds: float, full: bool = False) -> SweepReport:
     cutoff = utcnow() - timedelta(seconds=grace_seconds)
+    deleted, settled = await _sweep_journal(store, cutoff)
+    unjournaled = await _sweep_unjournaled(store, cutoff) if full else 0
+    studies = await store.distinct(
+        "instances", "study", {"rollup_pending": True, "ingested_at": {"$lt": cutoff}}
+    )
+    for study_uid in studies:
+        await store.recompute_rollups(study_uid)
+    report = SweepReport(deleted, settled, len(studies), unjournaled)
+    if deleted or settled or studies or unjournaled:
+        log.info(
+            "sweep.done",
+            extra={
+                "orphans_deleted": deleted,
+                "uploads_settled": settled,
+                "studies_repaired": len(studies),
+                "unjournaled_deleted": unjournaled,
+            },
+        )
+    return report
+
+
+async def _sweep_journal(store: InstanceStore, cutoff: datetime) -> tuple[int, int]:
+    """Old journal entries: forget those whose file an instance references, delete the rest
+    (file document and chunks, which may exist without a file document)."""
     deleted = settled = 0
-    stale = await store.find("uploads", {"started_at": {"$lt": cutoff}})
-    for entry in stale:
+    for entry in await store.find("uploads", {"started_at": {"$lt": cutoff}}):
         file_id = entry["_id"]
         referenced = await store.find(
             "instances",
@@ -39,19 +71,25 @@ async def sweep(store: InstanceStore, grace_seconds: float) -> SweepReport:
         else:
             await store.delete_files([file_id])
             deleted += 1
-    studies = await store.distinct(
-        "instances", "study", {"rollup_pending": True, "ingested_at": {"$lt": cutoff}}
-    )
-    for study_uid in studies:
-        await store.recompute_rollups(study_uid)
-    report = SweepReport(deleted, settled, len(studies))
-    if deleted or settled or studies:
-        log.info(
-            "sweep.done",
-            extra={
-                "orphans_deleted": deleted,
-                "uploads_settled": settled,
-                "studies_repaired": len(studies),
-            },
-        )
-    return report
+    return deleted, settled
+
+
+async def _sweep_unjournaled(store: InstanceStore, cutoff: datetime) -> int:
+    """GridFS files that neither an instance nor the journal names.
+
+    Order matters against live ingests (journal entry, then file, then the instance, then
+    the entry removed): the journal is read first, and only files completed before that
+    read are candidates. Such a file was either still journaled then, or referenced before
+    its entry was removed, so a live one is never taken for an orphan."""
+    journal_read_at = utcnow()
+    journaled = set(await store.distinct("uploads", "_id", {}))
+    referenced = set(await store.distinct("instances", "file_id", {}))
+    referenced |= set(await store.distinct("instances", "meta_file_id", {}))
+    before = min(cutoff, journal_read_at - CLOCK_MARGIN)  # uploadDate is in milliseconds
+    files = await store.find("fs.files", {"uploadDate": {"$lt": before}}, projection={"_id": 1})
+    orphans: list[Any] = [
+        f["_id"] for f in files if f["_id"] not in referenced and f["_id"] not in journaled
+    ]
+    if orphans:
+        await store.delete_files(orphans)
+    return len(orphans)
