@@ -9,6 +9,7 @@ import asyncio
 import contextlib
 import logging
 import socket
+import sqlite3
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -76,16 +77,17 @@ class EmbeddedFerretDB:
         while loop.time() < deadline:
             assert self._process is not None
             if self._process.returncode is not None:
-                raise Unavailable(
-                    f"FerretDB exited with {self._process.returncode}; see {self.data_dir}/ferretdb.log"
-                )
+                code = self._process.returncode
+                raise Unavailable(f"FerretDB exited with {code}; see {self.data_dir}/ferretdb.log")
             with contextlib.suppress(OSError):
                 _, writer = await asyncio.open_connection("127.0.0.1", self.port)
                 writer.close()
                 await writer.wait_closed()
                 return
             await asyncio.sleep(0.05)
-        raise Unavailable(f"FerretDB did not listen on port {self.port} within {START_TIMEOUT_SECONDS}s")
+        raise Unavailable(
+            f"FerretDB did not listen on port {self.port} within {START_TIMEOUT_SECONDS}s"
+        )
 
     async def _supervise(self) -> None:
         while not self._stopping:
@@ -126,3 +128,30 @@ async def embedded_ferretdb(binary: Path, data_dir: Path) -> AsyncIterator[Embed
         yield server
     finally:
         await server.stop()
+
+
+def add_id_lookup_indexes(data_dir: Path, database: str) -> int:
+    """Make FerretDB's `_id` lookups use an index. Blocking: run it in a worker thread.
+
+    FerretDB v1.24 (SQLite) indexes `_id` as `_ferretdb_sjson->"_id"` but queries it as
+    `_ferretdb_sjson->'$._id' = ?`; SQLite only uses an expression index for the very same
+    expression, so every `_id` lookup scans the whole table (measured: 116 ms per lookup at
+    1,700 instances). An index on the queried expression fixes that; FerretDB ignores it
+    and drops it with its table. Returns the number of indexes created."""
+    path = data_dir / f"{database}.sqlite"
+    if not path.exists():
+        return 0
+    created = 0
+    with contextlib.closing(sqlite3.connect(path, timeout=30)) as conn:
+        tables = [row[0] for row in conn.execute("SELECT table_name FROM _ferretdb_collections")]
+        existing = {
+            row[0] for row in conn.execute("SELECT name FROM sqlite_master WHERE type = 'index'")
+        }
+        for table in tables:
+            name = f"{table}_cloudpacs_id_lookup"
+            if name not in existing:
+                expression = "_ferretdb_sjson->'$._id'"
+                conn.execute(f'CREATE INDEX IF NOT EXISTS "{name}" ON "{table}" ({expression})')
+                created += 1
+        conn.commit()
+    return created

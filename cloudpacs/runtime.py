@@ -12,7 +12,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
 from cloudpacs.config import Settings
-from cloudpacs.embedded import EmbeddedFerretDB
+from cloudpacs.embedded import EmbeddedFerretDB, add_id_lookup_indexes
 from cloudpacs.http.services import Services
 from cloudpacs.ingest import Ingestor
 from cloudpacs.metrics import Metrics
@@ -55,7 +55,9 @@ def build_runtime(
 
 
 @contextlib.asynccontextmanager
-async def open_runtime(settings: Settings, sweep_periodically: bool = True) -> AsyncIterator[Runtime]:
+async def open_runtime(
+    settings: Settings, sweep_periodically: bool = True
+) -> AsyncIterator[Runtime]:
     """Start what the settings ask for; tear it down in reverse order."""
     async with contextlib.AsyncExitStack() as stack:
         uri = settings.mongo_uri
@@ -68,6 +70,10 @@ async def open_runtime(settings: Settings, sweep_periodically: bool = True) -> A
         stack.push_async_callback(database.close)
         await database.ping()
         notes = await init_schema(database)
+        if settings.mongo_uri is None:
+            await asyncio.to_thread(
+                add_id_lookup_indexes, settings.embedded_db_dir, settings.database
+            )
         runtime = build_runtime(settings, database, Metrics(), notes)
         if sweep_periodically:
             task = asyncio.create_task(_sweep_forever(runtime))
@@ -80,7 +86,7 @@ async def _sweep_forever(runtime: Runtime) -> None:
     while True:
         try:
             await sweep(runtime.store, settings.orphan_grace_seconds)
-        except Exception:  # noqa: BLE001 - a failed sweep must not stop the archive
+        except Exception:
             log.exception("sweep.failed")
         await asyncio.sleep(settings.sweep_interval_seconds)
 

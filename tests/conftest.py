@@ -21,6 +21,7 @@ import pytest
 from aiohttp.test_utils import TestClient, TestServer
 
 from cloudpacs.config import Settings
+from cloudpacs.embedded import add_id_lookup_indexes
 from cloudpacs.http.app import create_app
 from cloudpacs.metrics import Metrics
 from cloudpacs.runtime import Runtime, build_runtime
@@ -108,10 +109,11 @@ def settings(tmp_path: Path, ferretdb: FerretServer) -> Settings:
 
 
 @pytest.fixture
-async def runtime(settings: Settings) -> AsyncIterator[Runtime]:
+async def runtime(settings: Settings, ferretdb: FerretServer) -> AsyncIterator[Runtime]:
     assert settings.mongo_uri is not None
     database = open_database(settings.mongo_uri, settings.database)
     notes = await init_schema(database)
+    add_id_lookup_indexes(ferretdb.data_dir, settings.database)
     yield build_runtime(settings, database, Metrics(), notes)
     await database.client.drop_database(settings.database)
     await database.close()

@@ -6,8 +6,7 @@ from typing import Any
 
 from cloudpacs.storage.database import Database, translate_errors
 from cloudpacs.storage.instances import utcnow
-
-CHECKPOINTS = "checkpoints"
+from cloudpacs.storage.schema import CHECKPOINTS
 
 
 class CheckpointStore:

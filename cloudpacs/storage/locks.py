@@ -19,8 +19,8 @@ from typing import Any
 from pymongo.errors import DuplicateKeyError
 
 from cloudpacs.errors import Unavailable
+from cloudpacs.storage.schema import LOCKS
 
-LOCKS = "locks"
 LOCK_TTL_SECONDS = 60.0
 ACQUIRE_TIMEOUT_SECONDS = 30.0
 

@@ -22,6 +22,8 @@ SERIES = "series"
 STUDIES = "studies"
 FILES_BUCKET = "fs"
 REJECTIONS = "rejections"  # permanent refusals, for operators
+LOCKS = "locks"  # see storage.locks
+CHECKPOINTS = "checkpoints"  # see storage.checkpoints
 UPLOADS = "uploads"  # journal of GridFS files being written (see storage.instances)
 
 # NamespaceExists, IndexAlreadyExists, IndexOptionsConflict, IndexKeySpecsConflict
@@ -85,7 +87,7 @@ async def init_schema(database: Database) -> list[str]:
     async with translate_errors():
         notes.append(await _create_validated_instances(database))
         existing = set(await db.list_collection_names())
-        for name in (SERIES, STUDIES, UPLOADS, REJECTIONS):
+        for name in (SERIES, STUDIES, UPLOADS, REJECTIONS, LOCKS, CHECKPOINTS):
             if name not in existing:
                 await _create_collection(db, name)
         for collection, indexes in (
