@@ -11,17 +11,26 @@ O(chunks of the file) on FerretDB and MongoDB alike.
 from __future__ import annotations
 
 import asyncio
+import os
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from bson import Binary
+from bson import Binary, ObjectId
 
 from cloudpacs.errors import NotFound
 
 CHUNK_BYTES = 255 * 1024  # the GridFS default chunk size
 CHUNKS_PER_INSERT = 4  # about 1 MiB per insert: fewer round trips, bounded memory
+
+
+def new_file_id() -> ObjectId:
+    """A random id: fs.chunks is sharded by the range key {files_id: 1, n: 1} (the one GridFS
+    documents, compatible with its unique index), and time-ordered ObjectIds would send every
+    new chunk to the last range, i.e. one shard (see perf/SHARDING.md). Random ids spread
+    writes like a hash while a file's chunks stay together."""
+    return ObjectId(os.urandom(12))
 
 
 def chunk_id(file_id: Any, n: int) -> str:

@@ -25,7 +25,7 @@ from pymongo.errors import DuplicateKeyError
 
 from cloudpacs.storage import documents
 from cloudpacs.storage.database import Database, translate_errors
-from cloudpacs.storage.files import FileStore
+from cloudpacs.storage.files import FileStore, new_file_id
 from cloudpacs.storage.locks import Locks
 from cloudpacs.storage.schema import (
     FILES_BUCKET,
@@ -78,7 +78,7 @@ class InstanceStore:
         return file_id
 
     async def _journal(self, name: str) -> ObjectId:
-        file_id = ObjectId()
+        file_id = new_file_id()
         async with translate_errors():
             await self.uploads.insert_one({"_id": file_id, "name": name, "started_at": utcnow()})
         return file_id

@@ -28,6 +28,7 @@ UPLOADS = "uploads"  # journal of GridFS files being written (see storage.instan
 
 # NamespaceExists, IndexAlreadyExists, IndexOptionsConflict, IndexKeySpecsConflict
 ALREADY_EXISTS_CODES = {48, 68, 85, 86}
+UNAUTHORIZED_CODE = 13
 
 _UID_PATTERN = r"^(0|[1-9][0-9]*)(\.(0|[1-9][0-9]*))*$"
 _UID_SCHEMA = {"bsonType": "string", "maxLength": 64, "pattern": _UID_PATTERN}
@@ -130,12 +131,20 @@ async def _create_collection(db: Any, name: str, **options: Any) -> None:
 async def _create_validated_instances(database: Database) -> str:
     db = database.db
     try:
-        if INSTANCES in await db.list_collection_names():
-            await db.command("collMod", INSTANCES, validator=INSTANCE_VALIDATOR)
-        else:
+        existing = await (await db.list_collections(filter={"name": INSTANCES})).to_list(None)
+        if not existing:
             await _create_collection(db, INSTANCES, validator=INSTANCE_VALIDATOR)
+        elif existing[0].get("options", {}).get("validator") != INSTANCE_VALIDATOR:
+            # collMod needs more than readWrite: run by `db init` as an administrator
+            await db.command("collMod", INSTANCES, validator=INSTANCE_VALIDATOR)
         return "server-side $jsonSchema validator installed on instances"
     except OperationFailure as exc:
+        if exc.code == UNAUTHORIZED_CODE:
+            log.warning("schema.validator_not_updated")
+            return (
+                "validator not updated: this user may not run collMod (least privilege); "
+                "run `cloudpacs db init` as the administrator"
+            )
         if exc.code != NOT_IMPLEMENTED_CODE:
             raise
     await _create_collection(db, INSTANCES)

@@ -7,9 +7,11 @@ Shard keys, and why:
              retrieval and the rollup recount touch a single shard.
 - series     {study: "hashed"}   beside its study's instances, same reasoning.
 - studies    {_id: "hashed"}     the study document is keyed by its UID.
-- fs.chunks  {files_id: 1, n: 1} the key MongoDB documents for GridFS: all chunks of a
-             file stay together (and in order) so a stream or a frame read is one shard;
-             pre-split hashing is not needed because chunk ranges split and balance.
+- fs.chunks  {files_id: 1, n: 1} the key MongoDB documents for GridFS (and the only one that
+             keeps GridFS's unique {files_id, n} index legal): all chunks of a file stay
+             together and in order, so a stream or a frame read is one shard. cloudpacs
+             draws file ids at random (storage.files.new_file_id), so writes spread over the
+             ranges like a hash instead of piling onto the last one (perf/SHARDING.md).
 - fs.files   {_id: "hashed"}     file documents spread evenly.
 Unique indexes must be prefixed by the shard key, so sharded `instances` keep uniqueness of
 `_id` per shard only; the application's existence check by `_id` (a scatter-gather, cheap
