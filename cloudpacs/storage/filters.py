@@ -7,6 +7,7 @@ included, is matched inside the stored DICOM JSON (`meta.<tag>.Value`).
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from typing import Any
 
 from cloudpacs.dicom import levels as t
@@ -74,13 +75,8 @@ def _meta_filter(match: Match) -> dict[str, Any]:
     if match.vr in ("IS", "DS", "US", "SS", "UL", "SL", "UV", "SV", "FL", "FD"):
         return {path: _number_condition(match)}
     if match.kind is MatchKind.RANGE:
-        low, high = match.values
-        condition: dict[str, Any] = {}
-        if low:
-            condition["$gte"] = low
-        if high:
-            condition["$lte"] = high + ("\uffff" if match.vr in ("TM", "DT") else "")
-        return {path: condition}
+        suffix = "\uffff" if match.vr in ("TM", "DT") else ""  # an open-ended upper bound
+        return {path: _range(match, str, lambda high: high + suffix)}
     return {path: _string_condition(match)}
 
 
@@ -111,6 +107,17 @@ def _number_condition(match: Match) -> Any:
     return as_ints[0]
 
 
+def _range(match: Match, low_of: Callable[[str], Any], high_of: Callable[[str], Any]) -> Any:
+    """{$gte, $lte} for a RANGE match with open ends allowed (PS3.4 C.2.2.2.5)."""
+    low, high = match.values
+    condition: dict[str, Any] = {}
+    if low:
+        condition["$gte"] = low_of(low)
+    if high:
+        condition["$lte"] = high_of(high)
+    return condition
+
+
 def _date_condition(match: Match) -> Any:
     def date(value: str) -> Any:
         parsed = parse_date(value)
@@ -119,13 +126,7 @@ def _date_condition(match: Match) -> Any:
         return parsed
 
     if match.kind is MatchKind.RANGE:
-        low, high = match.values
-        condition: dict[str, Any] = {}
-        if low:
-            condition["$gte"] = date(low)
-        if high:
-            condition["$lte"] = date(high)
-        return condition
+        return _range(match, date, date)
     if match.kind is MatchKind.LIST:
         return {"$in": [date(v) for v in match.values]}
     return date(match.value)
@@ -143,11 +144,5 @@ def _time_condition(match: Match) -> Any:
         return normalised
 
     if match.kind is MatchKind.RANGE:
-        low, high = match.values
-        condition: dict[str, Any] = {}
-        if low:
-            condition["$gte"] = time(low)
-        if high:
-            condition["$lte"] = time(high, end=True)
-        return condition
+        return _range(match, time, lambda value: time(value, end=True))
     return time(match.value)
