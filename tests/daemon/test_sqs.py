@@ -86,8 +86,8 @@ def queue_counts(sqs: Any, url: str) -> tuple[int, int]:
     )
 
 
-async def until(predicate: Any, timeout: float = 60.0, interval: float = 0.25) -> None:
-    deadline = asyncio.get_running_loop().time() + timeout
+async def until(predicate: Any, limit: float = 60.0, interval: float = 0.25) -> None:
+    deadline = asyncio.get_running_loop().time() + limit
     while asyncio.get_running_loop().time() < deadline:
         if await predicate():
             return
@@ -223,7 +223,7 @@ async def test_poison_message_ends_in_dead_letter_queue(
     async def in_dlq() -> bool:
         return await asyncio.to_thread(queue_counts, sqs, wired.dlq_url) == (1, 0)
 
-    await until(in_dlq, timeout=60)
+    await until(in_dlq, limit=60)
     assert await runtime.database.db.instances.count_documents({}) == 0
     assert await _queue_empty(wired)
 
@@ -243,7 +243,7 @@ async def test_database_outage_loses_and_duplicates_nothing(
             sops.add(spec.sop_uid)
 
     await asyncio.to_thread(put, 100, 0)
-    await until(lambda: _at_least(db, 20), timeout=60)
+    await until(lambda: _at_least(db, 20), limit=60)
     ferretdb.stop()
     try:
         await asyncio.to_thread(put, 200, 100)
@@ -254,8 +254,8 @@ async def test_database_outage_loses_and_duplicates_nothing(
     async def all_in() -> bool:
         return await db.instances.count_documents({}) == 300
 
-    await until(all_in, timeout=240, interval=1)
-    await until(lambda: _queue_empty(wired), timeout=60)
+    await until(all_in, limit=240, interval=1)
+    await until(lambda: _queue_empty(wired), limit=60)
     stored = {d["_id"] async for d in db.instances.find({}, {"_id": 1})}
     assert stored == sops
     assert await db.rejections.count_documents({}) == 0

@@ -6,7 +6,7 @@ import pytest
 
 from cloudpacs.errors import InvalidRequest
 from cloudpacs.runtime import Runtime
-from cloudpacs.storage.sharding import sharding_commands, shard_archive
+from cloudpacs.storage.sharding import shard_archive, sharding_commands
 
 
 def test_sharding_commands_are_exactly_these() -> None:
@@ -21,7 +21,7 @@ def test_sharding_commands_are_exactly_these() -> None:
         {"shardCollection": "archive.fs.chunks", "key": {"files_id": 1, "n": 1}},
     ]
     # every shardCollection is preceded by the creation of its shard-key index
-    for i, (target, command) in enumerate(commands):
+    for i, (_target, command) in enumerate(commands):
         if "shardCollection" in command:
             previous_target, previous = commands[i - 1]
             assert previous_target == "archive"
