@@ -152,7 +152,7 @@ class Ingestor:
         try:
             doc = await self._document(parsed, file_ids, source)
         except BaseException:
-            await _quietly_delete(self.store, file_ids)
+            await self.store.discard_files(file_ids)
             raise
         # From here on, a failure (connection lost, cancelled) may come after the server
         # stored the document: the files then stay under their journal entries, and the
@@ -230,11 +230,3 @@ def _conflict(parsed: ParsedInstance, existing: dict[str, Any]) -> Conflict:
         parsed.sop_uid,
         parsed.sop_class_uid,
     )
-
-
-async def _quietly_delete(store: InstanceStore, file_ids: list[ObjectId]) -> None:
-    """Best-effort cleanup on failure; the journal lets the sweep finish what this cannot."""
-    try:
-        await asyncio.shield(store.delete_files(file_ids))
-    except Exception:  # noqa: BLE001 - the original error matters more; sweep cleans up
-        log.warning("ingest.cleanup_deferred", extra={"files": len(file_ids)})

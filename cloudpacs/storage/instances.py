@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 from collections.abc import AsyncIterator, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
@@ -37,6 +38,9 @@ from cloudpacs.storage.schema import (
 )
 
 UPSERT_RETRIES = 3
+
+
+log = logging.getLogger(__name__)
 
 
 class AlreadyStored(Exception):
@@ -67,7 +71,7 @@ class InstanceStore:
             try:
                 await self.blobs.write_path(file_id, path, name, {"kind": kind})
             except BaseException:
-                await asyncio.shield(_quietly(self.blobs.delete(file_id)))
+                await self.discard_files([file_id])
                 raise
         return file_id
 
@@ -94,6 +98,14 @@ class InstanceStore:
             for file_id in file_ids:
                 await self.blobs.delete(file_id)
                 await self.uploads.delete_one({"_id": file_id})
+
+    async def discard_files(self, file_ids: Sequence[Any]) -> None:
+        """Best-effort delete after a failure; the journal lets the sweep finish what this
+        cannot, and the original error matters more than this one."""
+        try:
+            await asyncio.shield(self.delete_files(file_ids))
+        except Exception:  # noqa: BLE001 - see docstring
+            log.warning("store.cleanup_deferred", extra={"files": len(file_ids)})
 
     async def record_rejection(self, record: dict[str, Any]) -> None:
         async with translate_errors():
@@ -253,10 +265,3 @@ class InstanceStore:
         async with translate_errors():
             async for chunk in self.blobs.read(file_id, offset, length):
                 yield chunk
-
-
-async def _quietly(work: Any) -> None:
-    try:
-        await work
-    except Exception:  # noqa: BLE001 - best effort; the journal lets the sweep finish it
-        pass
