@@ -42,6 +42,8 @@ UPSERT_RETRIES = 3
 
 log = logging.getLogger(__name__)
 
+CLEANUP_SECONDS = 1.0
+
 
 class AlreadyStored(Exception):
     """An instance with this SOP Instance UID exists (raised by insert)."""
@@ -103,7 +105,8 @@ class InstanceStore:
         """Best-effort delete after a failure; the journal lets the sweep finish what this
         cannot, and the original error matters more than this one."""
         try:
-            await asyncio.shield(self.delete_files(file_ids))
+            # bounded: a drain must not wait on a database that is down (it goes on shielded)
+            await asyncio.wait_for(asyncio.shield(self.delete_files(file_ids)), CLEANUP_SECONDS)
         except Exception:  # noqa: BLE001 - see docstring
             log.warning("store.cleanup_deferred", extra={"files": len(file_ids)})
 
