@@ -7,6 +7,7 @@ Nothing else in the package reads os.environ.
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
 import os
 import tomllib
 from collections.abc import Mapping
@@ -15,11 +16,16 @@ from pathlib import Path
 from typing import Any
 
 from cloudpacs.errors import ConfigError
+from cloudpacs.projects import ProjectRules
 
 ENV_PREFIX = "CLOUDPACS_"
 CONFLICT_POLICIES = ("keep-first", "overwrite")
 AFTER_INGEST_ACTIONS = ("delete", "move")
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+# asymmetric signatures only: no "none", and no HS* (a shared secret would let any verifier
+# mint tokens, and invites the RS/HS key-confusion attack)
+JWT_ALGORITHMS = ("RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "ES512")
+LOOPBACK_HOSTS = ("127.0.0.1", "::1", "localhost")
 
 
 @dataclass(frozen=True)
@@ -51,6 +57,26 @@ class Settings:
     sqs_retry_base_seconds: float = 5.0
     # set by systemd for Type=notify units (read as NOTIFY_SOCKET, without our prefix)
     notify_socket: str | None = None
+    # MongoDB URI in a file only the service user can read (instead of CLOUDPACS_MONGO_URI)
+    mongo_uri_file: Path | None = None
+    # research projects (docs/SECURITY.md): every instance belongs to exactly one
+    default_project: str = "default"
+    folder_project: str | None = None  # files from the watched folder; default_project if unset
+    s3_projects: tuple[str, ...] = ()  # "bucket/prefix=project" rules, the longest prefix wins
+    import_project: str | None = None  # `cloudpacs import`; default_project if unset
+    # authentication: required off loopback; `insecure` runs open anywhere (and warns)
+    auth_required: bool = False
+    insecure: bool = False
+    allowed_networks: tuple[str, ...] = ()  # client CIDRs; empty allows every address
+    trusted_proxies: tuple[str, ...] = ()  # addresses whose X-Forwarded-For is believed
+    jwt_issuer: str | None = None
+    jwt_audience: str | None = None
+    jwt_jwks: str | None = None  # JWKS file path or https:// URL; enables JWT bearer tokens
+    jwt_algorithms: tuple[str, ...] = ("RS256", "ES256")
+    jwt_leeway_seconds: float = 60.0
+    jwt_projects_claim: str = "cloudpacs_projects"  # {"project": "role", "*": "reader"}
+    audit_flush_seconds: float = 0.5
+    audit_buffer_limit: int = 100_000
 
     @property
     def inbox(self) -> Path:
@@ -67,6 +93,24 @@ class Settings:
     @property
     def embedded_db_dir(self) -> Path:
         return self.home / "db"
+
+    @property
+    def project_rules(self) -> ProjectRules:
+        return ProjectRules.from_settings(
+            self.default_project, self.folder_project, self.import_project, self.s3_projects
+        )
+
+    @property
+    def loopback_only(self) -> bool:
+        return self.http_host in LOOPBACK_HOSTS or self.http_host.startswith("127.")
+
+    @property
+    def auth_enabled(self) -> bool:
+        """Credentials are required unless run open on purpose (`insecure`), or on loopback
+        without `auth_required`."""
+        if self.insecure:
+            return False
+        return self.auth_required or not self.loopback_only
 
     def masked(self) -> dict[str, Any]:
         """Effective settings for display, with secrets masked."""
@@ -111,10 +155,28 @@ def load_settings(
     unknown = sorted(set(values) - set(names))
     if unknown:
         raise ConfigError(f"unknown setting(s): {', '.join(unknown)}")
+    if values.get("mongo_uri_file"):
+        if values.get("mongo_uri"):
+            raise ConfigError("set mongo_uri or mongo_uri_file, not both")
+        values["mongo_uri"] = read_secret_file(Path(values["mongo_uri_file"]), "mongo_uri_file")
     kwargs = {name: _coerce(name, names[name].type, value) for name, value in values.items()}
     settings = Settings(**kwargs)
     _validate(settings)
     return settings
+
+
+def read_secret_file(path: Path, what: str) -> str:
+    """A secret from a file that only its owner may read (mode 0600 or 0400)."""
+    try:
+        mode = path.stat().st_mode
+        if mode & 0o077:
+            raise ConfigError(
+                f"{what} {path} is readable by others (mode {mode & 0o777:o}); "
+                f"chmod 600 it so only the service user can read it"
+            )
+        return path.read_text().strip()
+    except OSError as exc:
+        raise ConfigError(f"cannot read {what} {path}: {exc.strerror}") from exc
 
 
 def _path_or_none(value: str | None) -> Path | None:
@@ -135,12 +197,25 @@ def _coerce(name: str, type_name: object, value: Any) -> Any:
             return None if value in (None, "") else _integer(value)
         if text == "float":
             return float(value)
+        if text == "bool":
+            return _boolean(value)
         if "str" in text:
             optional = "None" in text
             return None if value is None or (optional and value == "") else str(value)
     except (TypeError, ValueError) as exc:
         raise ConfigError(f"setting {name}: {value!r} is not a valid {text}") from exc
     return value
+
+
+def _boolean(value: Any) -> bool:
+    if isinstance(value, bool):
+        return value
+    text = str(value).strip().lower()
+    if text in ("1", "true", "yes", "on"):
+        return True
+    if text in ("0", "false", "no", "off", ""):
+        return False
+    raise ValueError(f"{value!r} is not a boolean")
 
 
 def _integer(value: Any) -> int:
@@ -183,3 +258,25 @@ def _validate(s: Settings) -> None:
         raise ConfigError("ingest_concurrency must be at least 1")
     if s.mongo_uri is not None and not s.mongo_uri.startswith(("mongodb://", "mongodb+srv://")):
         raise ConfigError("mongo_uri must start with mongodb:// or mongodb+srv://")
+    s.project_rules  # noqa: B018 - validates the project names and rules
+    _validate_security(s)
+
+
+def _validate_security(s: Settings) -> None:
+    for name in ("allowed_networks", "trusted_proxies"):
+        for text in getattr(s, name):
+            try:
+                ipaddress.ip_network(text, strict=False)
+            except ValueError as exc:
+                raise ConfigError(f"{name}: {text!r} is not an address or CIDR") from exc
+    for alg in s.jwt_algorithms:
+        if alg not in JWT_ALGORITHMS:
+            raise ConfigError(
+                f"jwt_algorithms: {alg!r} is not allowed (use {', '.join(JWT_ALGORITHMS)})"
+            )
+    if s.jwt_jwks and not (s.jwt_issuer and s.jwt_audience):
+        raise ConfigError("jwt_jwks needs jwt_issuer and jwt_audience")
+    if not s.jwt_leeway_seconds >= 0 or not s.audit_flush_seconds > 0:
+        raise ConfigError("jwt_leeway_seconds must be >= 0 and audit_flush_seconds > 0")
+    if s.audit_buffer_limit < 1:
+        raise ConfigError("audit_buffer_limit must be at least 1")

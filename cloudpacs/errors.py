@@ -11,6 +11,9 @@
         InvalidDicom    not parseable, or the base DICOM attributes are missing or malformed
         Conflict        same SOP Instance UID, different bytes, and the policy keeps the first
         WrongStudy      STOW-RS to /studies/{study} of an instance of another study
+        WrongProject    the instance's study already belongs to another project
+      Unauthenticated -> 401; no credential, or one that is invalid, expired or revoked
+      Forbidden       -> 403; a valid credential without the role, or a refused address
       Unavailable       -> 503; the database is unreachable; ingest retries and keeps the source
 
 The only error-to-status table is in cloudpacs.http.middleware.
@@ -68,6 +71,18 @@ class Conflict(Rejected):
 
 class WrongStudy(Rejected):
     reason = "wrong-study"
+
+
+class WrongProject(Rejected):
+    reason = "wrong-project"
+
+
+class Unauthenticated(CloudPacsError):
+    pass
+
+
+class Forbidden(CloudPacsError):
+    pass
 
 
 class Unavailable(CloudPacsError):

@@ -18,8 +18,9 @@ from typing import Any
 
 from bson import ObjectId
 
+from cloudpacs.audit import AuditLog
 from cloudpacs.dicom.parse import ParsedInstance, parse_file
-from cloudpacs.errors import Conflict, Rejected, WrongStudy
+from cloudpacs.errors import Conflict, Rejected, WrongProject, WrongStudy
 from cloudpacs.metrics import Metrics
 from cloudpacs.storage import documents
 from cloudpacs.storage.instances import AlreadyStored, InstanceStore, utcnow
@@ -52,10 +53,13 @@ class IngestResult:
 
 @dataclass(frozen=True)
 class Source:
-    """Where an input came from: a kind for metrics (bounded) and a name for the record."""
+    """Where an input came from: a kind for metrics (bounded), a name for the record, the
+    project its rules assign (None: the default project) and who sent it (for the audit)."""
 
     kind: str
     name: str = ""
+    project: str | None = None
+    user: str | None = None
 
 
 class Ingestor:
@@ -65,11 +69,15 @@ class Ingestor:
         metrics: Metrics,
         conflict_policy: str = "keep-first",
         max_bytes: int | None = None,
+        default_project: str = "default",
+        audit: AuditLog | None = None,
     ) -> None:
         self.store = store
         self.metrics = metrics
         self.conflict_policy = conflict_policy
         self.max_bytes = max_bytes
+        self.default_project = default_project
+        self.audit = audit
 
     async def ingest(
         self, path: Path, source: Source, expected_study: str | None = None
@@ -94,6 +102,7 @@ class Ingestor:
             gauge.dec()
         if result.outcome is Outcome.REJECTED:
             await self._record_rejection(source, result)
+        self._audit(source, result)
         self.metrics.ingests.labels(source.kind, result.outcome.value).inc()
         self.metrics.ingest_seconds.labels(source.kind).observe(time.perf_counter() - started)
         if result.outcome is not Outcome.REJECTED:
@@ -109,6 +118,20 @@ class Ingestor:
         await self._record_rejection(source, result)
         self.metrics.ingests.labels(source.kind, result.outcome.value).inc()
         return result
+
+    def _audit(self, source: Source, result: IngestResult) -> None:
+        if self.audit is None:
+            return
+        self.audit.record(
+            action="store.instance",
+            outcome=result.outcome.value,
+            user=source.user or f"{source.kind}:{source.name}",
+            project=source.project or self.default_project,
+            study=result.study_uid,
+            series=result.series_uid,
+            instance=result.sop_uid,
+            detail=result.reason,
+        )
 
     async def _record_rejection(self, source: Source, result: IngestResult) -> None:
         """Log, count and keep a `rejections` record operators can query."""
@@ -139,6 +162,14 @@ class Ingestor:
             raise WrongStudy(
                 f"instance {parsed.sop_uid} belongs to study {parsed.study_uid}, "
                 f"not to {expected_study} named in the URL",
+                parsed.sop_uid,
+                parsed.sop_class_uid,
+            )
+        project = source.project or self.default_project
+        if await self.store.claim_study(parsed.study_uid, project) != project:
+            raise WrongProject(
+                f"study {parsed.study_uid} is held by another project; a study belongs to "
+                f"exactly one project, so it cannot be stored in {project!r}",
                 parsed.sop_uid,
                 parsed.sop_class_uid,
             )
@@ -175,7 +206,8 @@ class Ingestor:
         self, parsed: ParsedInstance, file_ids: list[ObjectId], source: Source
     ) -> dict[str, Any]:
         record = {"kind": source.kind, "name": source.name}
-        doc = documents.instance_document(parsed, file_ids[0], record, utcnow())
+        project = source.project or self.default_project
+        doc = documents.instance_document(parsed, file_ids[0], record, project, utcnow())
         if documents.is_oversized(doc):
             data = json.dumps(parsed.meta).encode()
             meta_id = await self.store.upload_bytes(data, parsed.sop_uid, "dicom-json")

@@ -72,3 +72,20 @@ class Metrics:
             buckets=(0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 900),
             registry=r,
         )
+        self.audit_records = Counter(
+            "cloudpacs_audit_records", "Audit records written to the audit trail", registry=r
+        )
+        self.audit_dropped = Counter(
+            "cloudpacs_audit_dropped",
+            "Audit records dropped because the buffer was full (database unreachable)",
+            registry=r,
+        )
+        self.audit_pending = Gauge(
+            "cloudpacs_audit_pending", "Audit records waiting to be written", registry=r
+        )
+        self.auth_denials = Counter(
+            "cloudpacs_auth_denials",
+            "Requests refused by authentication or authorisation, by reason",
+            ["reason"],
+            registry=r,
+        )

@@ -67,7 +67,7 @@ class RetrieveService:
             if doc is not None:
                 yield doc
             return
-        query: dict[str, Any] = {"study": scope.study}
+        query: dict[str, Any] = {"study": scope.study, **scope.project_filter()}
         if scope.series:
             query["series"] = scope.series
         async for doc in self.store.iter_instances(query, projection):
@@ -77,13 +77,16 @@ class RetrieveService:
         self, scope: Scope, sop: str, projection: dict[str, Any]
     ) -> dict[str, Any] | None:
         """One instance, found by its _id alone (the only condition FerretDB answers from
-        its primary key instead of a scan), then checked against the URL's study/series."""
-        fields = {**projection, "study": 1, "series": 1}
+        its primary key instead of a scan), then checked against the URL's study/series and
+        the caller's projects (anything else is not found: existence is not revealed)."""
+        fields = {**projection, "study": 1, "series": 1, "project": 1}
         docs = await self.store.find("instances", {"_id": sop}, projection=fields, limit=1)
         if not docs:
             return None
         doc = docs[0]
         if doc["study"] != scope.study or (scope.series and doc["series"] != scope.series):
+            return None
+        if scope.projects is not None and doc.get("project") not in scope.projects:
             return None
         return doc
 

@@ -11,17 +11,25 @@ import logging
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
+from cloudpacs.audit import AuditLog
+from cloudpacs.auth.authenticator import Authenticator
+from cloudpacs.auth.network import NetworkPolicy
+from cloudpacs.auth.oidc import JwtVerifier
+from cloudpacs.auth.tokens import TokenService
 from cloudpacs.config import Settings
+from cloudpacs.deletion import DeletionService
 from cloudpacs.embedded import EmbeddedFerretDB, add_id_lookup_indexes
 from cloudpacs.http.services import Services
 from cloudpacs.ingest import Ingestor
 from cloudpacs.metrics import Metrics
 from cloudpacs.retrieve import RetrieveService
 from cloudpacs.search import SearchService
+from cloudpacs.storage.audit import AuditStore
 from cloudpacs.storage.database import Database, open_database
 from cloudpacs.storage.instances import InstanceStore
-from cloudpacs.storage.schema import init_schema
+from cloudpacs.storage.schema import assign_default_project, init_schema
 from cloudpacs.storage.sweep import sweep
+from cloudpacs.storage.tokens import TokenStore
 
 log = logging.getLogger(__name__)
 
@@ -34,24 +42,57 @@ class Runtime:
     ingestor: Ingestor
     metrics: Metrics
     schema_notes: list[str]
+    audit: AuditLog
+    tokens: TokenService
 
     def services(self) -> Services:
+        settings = self.settings
         return Services(
-            settings=self.settings,
+            settings=settings,
             database=self.database,
             search=SearchService(self.store),
             retrieve=RetrieveService(self.store),
             ingestor=self.ingestor,
             metrics=self.metrics,
+            authenticator=Authenticator(self.tokens, _jwt(settings), settings.auth_enabled),
+            tokens=self.tokens,
+            network=NetworkPolicy(settings.allowed_networks, settings.trusted_proxies),
+            audit=self.audit,
+            deletion=DeletionService(self.store),
         )
+
+
+def _jwt(settings: Settings) -> JwtVerifier | None:
+    if not settings.jwt_jwks:
+        return None
+    assert settings.jwt_issuer and settings.jwt_audience  # checked by load_settings
+    return JwtVerifier(
+        settings.jwt_issuer,
+        settings.jwt_audience,
+        settings.jwt_jwks,
+        settings.jwt_algorithms,
+        settings.jwt_leeway_seconds,
+        settings.jwt_projects_claim,
+    )
 
 
 def build_runtime(
     settings: Settings, database: Database, metrics: Metrics, notes: list[str]
 ) -> Runtime:
     store = InstanceStore(database)
-    ingestor = Ingestor(store, metrics, settings.conflict_policy, settings.max_upload_bytes)
-    return Runtime(settings, database, store, ingestor, metrics, notes)
+    audit = AuditLog(
+        AuditStore(database), metrics, settings.audit_flush_seconds, settings.audit_buffer_limit
+    )
+    ingestor = Ingestor(
+        store,
+        metrics,
+        settings.conflict_policy,
+        settings.max_upload_bytes,
+        settings.default_project,
+        audit,
+    )
+    tokens = TokenService(TokenStore(database))
+    return Runtime(settings, database, store, ingestor, metrics, notes, audit, tokens)
 
 
 @contextlib.asynccontextmanager
@@ -70,11 +111,14 @@ async def open_runtime(
         stack.push_async_callback(database.close)
         await database.ping()
         notes = await init_schema(database)
+        notes += await assign_default_project(database, settings.default_project)
         if settings.mongo_uri is None:
             await asyncio.to_thread(
                 add_id_lookup_indexes, settings.embedded_db_dir, settings.database
             )
         runtime = build_runtime(settings, database, Metrics(), notes)
+        runtime.audit.start()
+        stack.push_async_callback(runtime.audit.close)
         if sweep_periodically:
             task = asyncio.create_task(_sweep_forever(runtime))
             stack.push_async_callback(_cancel, task)

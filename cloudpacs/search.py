@@ -23,10 +23,17 @@ SERIES_FIELDS = frozenset(SERIES_KEYS) | frozenset(t.SERIES_ATTRIBUTES)
 
 @dataclass(frozen=True)
 class Scope:
-    """UIDs fixed by the URL path (e.g. /studies/{study}/series)."""
+    """UIDs fixed by the URL path (e.g. /studies/{study}/series), and the projects the caller
+    may see (None: all of them)."""
 
     study: str | None = None
     series: str | None = None
+    projects: frozenset[str] | None = None
+
+    def project_filter(self) -> dict[str, Any]:
+        if self.projects is None:
+            return {}
+        return {"project": {"$in": sorted(self.projects)}}
 
 
 class SearchService:
@@ -37,17 +44,17 @@ class SearchService:
         self, level: Level, query: QidoQuery, scope: Scope, base_url: str
     ) -> list[dict[str, Any]]:
         if level is Level.STUDY:
-            return await self._studies(query, base_url)
+            return await self._studies(query, scope, base_url)
         if level is Level.SERIES:
             return await self._series(query, scope, base_url)
         return await self._instances(query, scope, base_url)
 
-    async def _studies(self, query: QidoQuery, base_url: str) -> list[dict[str, Any]]:
+    async def _studies(self, query: QidoQuery, scope: Scope, base_url: str) -> list[dict[str, Any]]:
         own = [m for m in query.matches if m.tag in STUDY_FIELDS]
         other = [m for m in query.matches if m.tag not in STUDY_FIELDS]
-        conditions = [_on(m, STUDY_KEYS) for m in own]
+        conditions = [_on(m, STUDY_KEYS) for m in own] + [scope.project_filter()]
         if other:
-            studies = await self._distinct_instances("study", other, {})
+            studies = await self._distinct_instances("study", other, scope.project_filter())
             conditions.append({"_id": {"$in": studies}})
         docs = await self.store.find(
             STUDIES, _and(conditions), sort=[("_id", 1)], skip=query.offset, limit=query.limit
@@ -60,7 +67,7 @@ class SearchService:
             m for m in query.matches if m.tag not in SERIES_FIELDS and m.tag in STUDY_FIELDS
         ]
         other = [m for m in query.matches if m.tag not in SERIES_FIELDS | STUDY_FIELDS]
-        conditions = [_on(m, SERIES_KEYS) for m in own]
+        conditions = [_on(m, SERIES_KEYS) for m in own] + [scope.project_filter()]
         if scope.study:
             conditions.append({"study": scope.study})
         if study_level:
@@ -117,7 +124,7 @@ def _and(conditions: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 def _scope_filter(scope: Scope) -> dict[str, Any]:
-    out: dict[str, Any] = {}
+    out: dict[str, Any] = scope.project_filter()
     if scope.study:
         out["study"] = scope.study
     if scope.series:

@@ -18,6 +18,8 @@ log = logging.getLogger(__name__)
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 STATUS_BY_ERROR: list[tuple[type[errors.CloudPacsError], int]] = [
+    (errors.Unauthenticated, 401),
+    (errors.Forbidden, 403),
     (errors.NotFound, 404),
     (errors.InvalidRequest, 400),
     (errors.NotAcceptable, 406),
@@ -27,6 +29,12 @@ STATUS_BY_ERROR: list[tuple[type[errors.CloudPacsError], int]] = [
     (errors.Rejected, 400),
     (errors.Unavailable, 503),
 ]
+
+
+HEADERS_BY_STATUS = {
+    401: {"WWW-Authenticate": 'Bearer realm="cloudpacs"'},
+    503: {"Retry-After": "5"},
+}
 
 
 def status_for(exc: errors.CloudPacsError) -> int:
@@ -54,7 +62,7 @@ def error_middleware(metrics: Metrics) -> Middleware:
             status = status_for(exc)
             if status == 500:
                 raise
-            headers = {"Retry-After": "5"} if status == 503 else None
+            headers = HEADERS_BY_STATUS.get(status)
             return web.json_response({"error": str(exc)}, status=status, headers=headers)
         except Exception:
             request_id = uuid.uuid4().hex[:12]

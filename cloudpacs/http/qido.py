@@ -6,8 +6,10 @@ import json
 
 from aiohttp import web
 
+from cloudpacs.auth.principal import Role
 from cloudpacs.dicom.levels import Level
 from cloudpacs.dicom.matching import parse_query
+from cloudpacs.http.access import visible_projects
 from cloudpacs.http.media import DICOM_JSON, negotiate_json
 from cloudpacs.http.services import base_url, services
 from cloudpacs.search import Scope
@@ -16,7 +18,8 @@ from cloudpacs.search import Scope
 async def _search(request: web.Request, level: Level) -> web.Response:
     negotiate_json(request.headers.get("Accept"))
     query = parse_query(list(request.query.items()))  # aiohttp has percent-decoded them
-    scope = Scope(request.match_info.get("study"), request.match_info.get("series"))
+    info = request.match_info
+    scope = Scope(info.get("study"), info.get("series"), visible_projects(request, Role.READER))
     results = await services(request).search.search(level, query, scope, base_url(request))
     if not results:
         return web.Response(status=204)

@@ -6,7 +6,12 @@ from dataclasses import dataclass
 
 from aiohttp import web
 
+from cloudpacs.audit import AuditLog
+from cloudpacs.auth.authenticator import Authenticator
+from cloudpacs.auth.network import NetworkPolicy
+from cloudpacs.auth.tokens import TokenService
 from cloudpacs.config import Settings
+from cloudpacs.deletion import DeletionService
 from cloudpacs.ingest import Ingestor
 from cloudpacs.metrics import Metrics
 from cloudpacs.retrieve import RetrieveService
@@ -22,6 +27,11 @@ class Services:
     retrieve: RetrieveService
     ingestor: Ingestor
     metrics: Metrics
+    authenticator: Authenticator
+    tokens: TokenService
+    network: NetworkPolicy
+    audit: AuditLog
+    deletion: DeletionService
 
 
 SERVICES = web.AppKey("services", Services)
@@ -34,5 +44,8 @@ def services(request: web.Request) -> Services:
 
 
 def base_url(request: web.Request) -> str:
-    """The service root as the client sees it (honours the Host header)."""
-    return f"{request.scheme}://{request.host}{SERVICE_ROOT}"
+    """The service root as the client sees it (honours the Host header), with the project
+    when the URL names one (/dicomweb/projects/{project})."""
+    project = request.match_info.get("project")
+    root = f"{SERVICE_ROOT}/projects/{project}" if project else SERVICE_ROOT
+    return f"{request.scheme}://{request.host}{root}"

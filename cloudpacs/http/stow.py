@@ -19,7 +19,9 @@ from aiohttp import BodyPartReader, web
 from aiohttp.helpers import parse_mimetype
 from aiohttp.http_exceptions import HttpProcessingError
 
-from cloudpacs.errors import InvalidRequest, PayloadTooLarge, UnsupportedMedia
+from cloudpacs.auth.principal import Role
+from cloudpacs.errors import Forbidden, InvalidRequest, PayloadTooLarge, UnsupportedMedia
+from cloudpacs.http.access import CLIENT, principal
 from cloudpacs.http.media import DICOM_JSON
 from cloudpacs.http.services import base_url, services
 from cloudpacs.ingest import Ingestor, IngestResult, Outcome, Source
@@ -44,6 +46,7 @@ class ReceivedPart:
 async def store(request: web.Request) -> web.Response:
     _check_content_type(request.headers.get("Content-Type", ""))
     svc = services(request)
+    source = _source(request, svc.settings.default_project)
     limit = svc.settings.max_upload_bytes
     if request.content_length is not None and request.content_length > limit:
         raise PayloadTooLarge(TOO_LARGE)
@@ -55,11 +58,20 @@ async def store(request: web.Request) -> web.Response:
         if not parts:
             raise InvalidRequest("the multipart body has no parts")
         expected_study = request.match_info.get("study")
-        source = Source("stow", request.remote or "")
         results = [await _ingest(svc.ingestor, part, source, expected_study) for part in parts]
     finally:
         await asyncio.to_thread(shutil.rmtree, folder, True)
     return _answer(results, base_url(request), expected_study)
+
+
+def _source(request: web.Request, default_project: str) -> Source:
+    """Stored into the URL's project, else the caller's default project, else the
+    archive's default; the caller must be a contributor there."""
+    caller = principal(request)
+    project = request.match_info.get("project") or caller.default_project or default_project
+    if not caller.allows(Role.CONTRIBUTOR, project):
+        raise Forbidden(f"no contributor role in project {project}")
+    return Source("stow", request.get(CLIENT) or "", project=project, user=caller.subject)
 
 
 def _check_content_type(header: str) -> None:

@@ -7,7 +7,9 @@ from collections.abc import AsyncIterator
 
 from aiohttp import web
 
+from cloudpacs.auth.principal import Role
 from cloudpacs.errors import InvalidRequest
+from cloudpacs.http.access import visible_projects
 from cloudpacs.http.media import (
     DICOM_JSON,
     abort_started,
@@ -24,7 +26,8 @@ from cloudpacs.search import Scope
 
 
 def _scope(request: web.Request) -> Scope:
-    return Scope(request.match_info["study"], request.match_info.get("series"))
+    info = request.match_info
+    return Scope(info["study"], info.get("series"), visible_projects(request, Role.READER))
 
 
 async def retrieve(request: web.Request) -> web.StreamResponse:

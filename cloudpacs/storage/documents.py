@@ -26,7 +26,7 @@ SERIES_KEYS = ("modality", "series_number")
 
 
 def instance_document(
-    parsed: ParsedInstance, file_id: Any, source: dict[str, Any], now: datetime
+    parsed: ParsedInstance, file_id: Any, source: dict[str, Any], project: str, now: datetime
 ) -> dict[str, Any]:
     pixels = None
     if parsed.pixels is not None:
@@ -43,6 +43,7 @@ def instance_document(
         "_id": parsed.sop_uid,
         "study": parsed.study_uid,
         "series": parsed.series_uid,
+        "project": project,
         "sop_class": parsed.sop_class_uid,
         "transfer_syntax": parsed.transfer_syntax,
         "sha256": parsed.sha256,
@@ -77,6 +78,7 @@ def series_upsert(doc: dict[str, Any], now: datetime) -> dict[str, Any]:
     return {
         "$setOnInsert": {
             "study": doc["study"],
+            "project": doc.get("project"),
             "meta": _subset(doc["meta"], levels.SERIES_ATTRIBUTES),
             **{key: doc.get(key) for key in SERIES_KEYS},
         },
@@ -91,6 +93,7 @@ def study_upsert(doc: dict[str, Any], new_series: bool, now: datetime) -> dict[s
         add["modalities"] = {"$each": [doc["modality"]]}
     return {
         "$setOnInsert": {
+            "project": doc.get("project"),
             "meta": _subset(doc["meta"], levels.STUDY_ATTRIBUTES),
             **{key: doc.get(key) for key in STUDY_KEYS},
         },

@@ -16,7 +16,7 @@ import asyncio
 import json
 import logging
 from collections.abc import AsyncIterator, Sequence
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +34,7 @@ from cloudpacs.storage.schema import (
     REJECTIONS,
     SERIES,
     STUDIES,
+    STUDY_PROJECTS,
     UPLOADS,
 )
 
@@ -114,6 +115,20 @@ class InstanceStore:
         async with translate_errors():
             await self.db[REJECTIONS].insert_one(record)
 
+    async def claim_study(self, study_uid: str, project: str) -> str:
+        """The project that holds the study: `project` if it is new (claimed atomically by
+        the unique _id, so two projects racing for one study cannot both win)."""
+        claims = self.db[STUDY_PROJECTS]
+        async with translate_errors():
+            doc = await claims.find_one({"_id": study_uid})
+            if doc is None:
+                try:
+                    await claims.insert_one({"_id": study_uid, "project": project, "at": utcnow()})
+                    return project
+                except DuplicateKeyError:
+                    doc = await claims.find_one({"_id": study_uid})
+        return str(doc["project"]) if doc else project
+
     async def existing(self, sop_uid: str) -> dict[str, Any] | None:
         async with translate_errors():
             doc: dict[str, Any] | None = await self.instances.find_one(
@@ -179,6 +194,7 @@ class InstanceStore:
                         "series_number": 1,
                         "study": 1,
                         "sop_class": 1,
+                        "project": 1,
                         **{k: 1 for k in documents.STUDY_KEYS},
                     },
                 )
@@ -213,6 +229,24 @@ class InstanceStore:
             await self.instances.update_many(
                 {"study": study_uid, "rollup_pending": True}, {"$unset": {"rollup_pending": ""}}
             )
+
+    async def remove_instances(self, docs: Sequence[dict[str, Any]]) -> None:
+        """Delete instances and their files. The files are journaled first (as if being
+        written), so that a crash half way leaves nothing the sweep cannot finish."""
+        file_ids = [d[k] for d in docs for k in ("file_id", "meta_file_id") if d.get(k)]
+        started = utcnow() - timedelta(days=3650)  # old at once: the sweep need not wait
+        async with translate_errors():
+            for file_id in file_ids:
+                await self.uploads.replace_one(
+                    {"_id": file_id}, {"name": "deleting", "started_at": started}, upsert=True
+                )
+            await self.instances.delete_many({"_id": {"$in": [d["_id"] for d in docs]}})
+        await self.delete_files(file_ids)
+        for study_uid in sorted({d["study"] for d in docs}):
+            await self.recompute_rollups(study_uid)
+            async with translate_errors():
+                if not await self.instances.find_one({"study": study_uid}, {"_id": 1}):
+                    await self.db[STUDY_PROJECTS].delete_one({"_id": study_uid})
 
     # ---- read path --------------------------------------------------------------------
     async def find(

@@ -25,6 +25,25 @@ REJECTIONS = "rejections"  # permanent refusals, for operators
 LOCKS = "locks"  # see storage.locks
 CHECKPOINTS = "checkpoints"  # see storage.checkpoints
 UPLOADS = "uploads"  # journal of GridFS files being written (see storage.instances)
+STUDY_PROJECTS = "study_projects"  # study UID -> its one project (claimed at first ingest)
+TOKENS = "tokens"  # API tokens, by id, with the hash of their secret (see storage.tokens)
+AUDIT = "audit"  # append-only access records (see storage.audit)
+# What the application user may do per collection (deploy/mongo creates its role from this):
+# everything on its working collections, but only find and insert on the audit trail.
+APP_READ_WRITE = (
+    INSTANCES,
+    SERIES,
+    STUDIES,
+    f"{FILES_BUCKET}.files",
+    f"{FILES_BUCKET}.chunks",
+    REJECTIONS,
+    LOCKS,
+    CHECKPOINTS,
+    UPLOADS,
+    STUDY_PROJECTS,
+    TOKENS,
+)
+APP_APPEND_ONLY = (AUDIT,)
 
 # NamespaceExists, IndexAlreadyExists, IndexOptionsConflict, IndexKeySpecsConflict
 ALREADY_EXISTS_CODES = {48, 68, 85, 86}
@@ -59,9 +78,11 @@ INSTANCE_INDEXES = [
     IndexModel([("accession", ASCENDING)]),
     IndexModel([("modality", ASCENDING)]),
     IndexModel([("rollup_pending", ASCENDING)], sparse=True),
+    IndexModel([("project", ASCENDING), ("study", ASCENDING)]),
 ]
 SERIES_INDEXES = [
     IndexModel([("study", ASCENDING), ("series_number", ASCENDING)]),
+    IndexModel([("project", ASCENDING)]),
     IndexModel([("modality", ASCENDING)]),
 ]
 STUDY_INDEXES = [
@@ -71,6 +92,13 @@ STUDY_INDEXES = [
     IndexModel([("accession", ASCENDING)]),
     IndexModel([("modalities", ASCENDING)]),
     IndexModel([("referring_physician", ASCENDING)]),
+    IndexModel([("project", ASCENDING)]),
+]
+TOKEN_INDEXES = [IndexModel([("subject", ASCENDING)])]
+AUDIT_INDEXES = [
+    IndexModel([("at", ASCENDING)]),
+    IndexModel([("user", ASCENDING), ("at", ASCENDING)]),
+    IndexModel([("study", ASCENDING), ("at", ASCENDING)]),
 ]
 UPLOAD_INDEXES = [IndexModel([("started_at", ASCENDING)])]
 FILES_INDEXES = [IndexModel([("filename", ASCENDING), ("uploadDate", ASCENDING)])]
@@ -88,7 +116,17 @@ async def init_schema(database: Database) -> list[str]:
     async with translate_errors():
         notes.append(await _create_validated_instances(database))
         existing = set(await db.list_collection_names())
-        for name in (SERIES, STUDIES, UPLOADS, REJECTIONS, LOCKS, CHECKPOINTS):
+        for name in (
+            SERIES,
+            STUDIES,
+            UPLOADS,
+            REJECTIONS,
+            LOCKS,
+            CHECKPOINTS,
+            STUDY_PROJECTS,
+            TOKENS,
+            AUDIT,
+        ):
             if name not in existing:
                 await _create_collection(db, name)
         for collection, indexes in (
@@ -97,6 +135,8 @@ async def init_schema(database: Database) -> list[str]:
             (STUDIES, STUDY_INDEXES),
             (UPLOADS, UPLOAD_INDEXES),
             (REJECTIONS, REJECTION_INDEXES),
+            (TOKENS, TOKEN_INDEXES),
+            (AUDIT, AUDIT_INDEXES),
             (f"{FILES_BUCKET}.files", FILES_INDEXES),
             (f"{FILES_BUCKET}.chunks", CHUNKS_INDEXES),
         ):
@@ -155,3 +195,21 @@ async def _create_validated_instances(database: Database) -> str:
     )
     log.warning("schema.validator_unavailable", extra={"server": info.name})
     return note
+
+
+async def assign_default_project(database: Database, project: str) -> list[str]:
+    """Archives from before projects: put project-less data into the default project."""
+    db = database.db
+    moved = 0
+    async with translate_errors():
+        for name in (INSTANCES, SERIES, STUDIES):
+            result = await db[name].update_many(
+                {"project": {"$exists": False}}, {"$set": {"project": project}}
+            )
+            moved += result.modified_count
+        if moved:
+            for study in await db[STUDIES].distinct("_id", {"project": project}):
+                await db[STUDY_PROJECTS].update_one(
+                    {"_id": study}, {"$setOnInsert": {"project": project}}, upsert=True
+                )
+    return [f"{moved} documents from before projects assigned to {project!r}"] if moved else []

@@ -58,7 +58,9 @@ async def crash_after_insert(runtime: Runtime, path: Path) -> dict[str, Any]:
     store = runtime.store
     parsed = parse_file(path)
     file_id = await store.upload_file(path, parsed.sop_uid)
-    doc = documents.instance_document(parsed, file_id, {"kind": "test", "name": ""}, utcnow())
+    doc = documents.instance_document(
+        parsed, file_id, {"kind": "test", "name": ""}, "default", utcnow()
+    )
     await store.insert(doc)
     return doc
 
@@ -207,7 +209,9 @@ async def test_crash_while_overwriting_leaves_an_old_file_only_the_full_sweep_fi
     write_instance(tmp_path / "v2.dcm", dataclasses.replace(spec, patient_id="P0002"))
     parsed = parse_file(tmp_path / "v2.dcm")
     new_id = await store.upload_file(tmp_path / "v2.dcm", spec.sop_uid)
-    doc = documents.instance_document(parsed, new_id, {"kind": "t", "name": ""}, utcnow())
+    doc = documents.instance_document(
+        parsed, new_id, {"kind": "t", "name": ""}, "default", utcnow()
+    )
     assert await store.replace(doc, old["sha256"])
     await store.settle_uploads([new_id])  # ... and the crash, before deleting old["file_id"]
 

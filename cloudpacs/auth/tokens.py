@@ -1,0 +1,103 @@
+"""API tokens: random, shown once, stored only as a hash, with an expiry, revocable.
+
+A token reads `cpt_<id>_<secret>`: the id finds the record by primary key, the secret (256
+random bits) is compared with its stored SHA-256 in constant time. A slow password hash
+would add nothing for secrets of that strength, and would cost every request.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import secrets
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any
+
+from cloudpacs.auth.principal import Principal, Role, parse_grants
+from cloudpacs.errors import InvalidRequest, NotFound, Unauthenticated
+from cloudpacs.projects import ALL_PROJECTS
+from cloudpacs.storage.instances import utcnow
+from cloudpacs.storage.tokens import TokenStore
+
+PREFIX = "cpt_"
+MAX_DAYS = 3650
+
+
+@dataclass(frozen=True)
+class NewToken:
+    token: str  # the only time the secret exists outside the caller's hands
+    record: dict[str, Any]
+
+
+def _digest(secret: str) -> str:
+    return hashlib.sha256(secret.encode()).hexdigest()
+
+
+def looks_like_token(credential: str) -> bool:
+    return credential.startswith(PREFIX)
+
+
+class TokenService:
+    def __init__(self, store: TokenStore) -> None:
+        self.store = store
+
+    async def create(
+        self,
+        subject: str,
+        grants: dict[str, str],
+        days: float,
+        default_project: str | None = None,
+        description: str = "",
+    ) -> NewToken:
+        if not subject or len(subject) > 200:
+            raise InvalidRequest("a token needs a subject (who it is for), at most 200 chars")
+        if not 0 < days <= MAX_DAYS:
+            raise InvalidRequest(f"expiry must be between 0 and {MAX_DAYS} days")
+        parsed = parse_grants(grants)
+        if not parsed:
+            raise InvalidRequest("a token needs at least one grant, e.g. myproject=reader")
+        if default_project and default_project not in parsed and ALL_PROJECTS not in parsed:
+            raise InvalidRequest(f"default project {default_project!r} is not among the grants")
+        token_id = secrets.token_hex(8)
+        secret = secrets.token_urlsafe(32)
+        now = utcnow()
+        record = {
+            "_id": token_id,
+            "subject": subject,
+            "grants": {project: role.name.lower() for project, role in parsed.items()},
+            "default_project": default_project,
+            "description": description,
+            "created_at": now,
+            "expires_at": now + timedelta(days=days),
+            "revoked_at": None,
+            "secret_sha256": _digest(secret),
+        }
+        await self.store.insert(record)
+        shown = {k: v for k, v in record.items() if k != "secret_sha256"}
+        return NewToken(f"{PREFIX}{token_id}_{secret}", shown)
+
+    async def verify(self, token: str) -> Principal:
+        token_id, _, secret = token.removeprefix(PREFIX).partition("_")
+        record = await self.store.get(token_id) if token_id and secret else None
+        if record is None or not hmac.compare_digest(record["secret_sha256"], _digest(secret)):
+            raise Unauthenticated("invalid token")
+        if record.get("revoked_at") is not None:
+            raise Unauthenticated("token revoked")
+        if record["expires_at"] <= utcnow():  # the client is tz_aware
+            raise Unauthenticated("token expired")
+        return Principal(
+            subject=record["subject"],
+            grants={p: Role.named(r) for p, r in record["grants"].items()},
+            default_project=record.get("default_project"),
+            credential=f"token:{token_id}",
+        )
+
+    async def list(self) -> list[dict[str, Any]]:
+        return await self.store.list()
+
+    async def revoke(self, token_id: str) -> None:
+        if not await self.store.revoke(token_id, utcnow()):
+            if await self.store.get(token_id) is None:
+                raise NotFound(f"no token {token_id}")
+            # already revoked: revoking is idempotent

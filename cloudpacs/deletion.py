@@ -1,0 +1,27 @@
+"""Deleting a study, a series or an instance (admins only; the HTTP layer checks roles)."""
+
+from __future__ import annotations
+
+from cloudpacs.errors import NotFound
+from cloudpacs.search import Scope
+from cloudpacs.storage.instances import InstanceStore
+
+_FIELDS = {"file_id": 1, "meta_file_id": 1, "study": 1, "series": 1, "project": 1}
+
+
+class DeletionService:
+    def __init__(self, store: InstanceStore) -> None:
+        self.store = store
+
+    async def delete(self, scope: Scope, sop: str | None) -> int:
+        """Delete what the scope names; 404 when nothing visible matches."""
+        query = {"study": scope.study, **scope.project_filter()}
+        if scope.series:
+            query["series"] = scope.series
+        if sop:
+            query["_id"] = sop
+        docs = await self.store.find("instances", query, projection=_FIELDS)
+        if not docs:
+            raise NotFound("no such study, series or instance")
+        await self.store.remove_instances(docs)
+        return len(docs)
