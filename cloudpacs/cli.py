@@ -1,4 +1,4 @@
-"""Command line: run, serve, ingest, import, db init|sweep, config."""
+"""Command line: run, serve, ingest, import, db init|sweep, config, tokens, audit."""
 
 from __future__ import annotations
 
@@ -20,6 +20,7 @@ from cloudpacs.aws.backfill import backfill
 from cloudpacs.aws.clients import AwsClients, make_clients
 from cloudpacs.aws.objects import ObjectIngest
 from cloudpacs.aws.wiring import WiringPlan, wire_bucket
+from cloudpacs.cli_admin import export_audit, manage_tokens
 from cloudpacs.config import Settings, load_settings
 from cloudpacs.daemon.queues import SqsDaemon
 from cloudpacs.daemon.service import FolderDaemon
@@ -29,6 +30,7 @@ from cloudpacs.importer import import_paths
 from cloudpacs.logs import setup_logging
 from cloudpacs.notify import sd_notify
 from cloudpacs.runtime import Runtime, open_runtime
+from cloudpacs.storage.audit import AuditStore
 from cloudpacs.storage.checkpoints import CheckpointStore
 from cloudpacs.storage.sharding import shard_archive
 from cloudpacs.storage.sweep import sweep
@@ -52,9 +54,15 @@ def _parser() -> argparse.ArgumentParser:
 
     run = add("run", "ingest daemons and HTTP API in one process")
     run.add_argument("--watch", type=Path, help="watched inbox (default HOME/inbox)")
-    run.add_argument("--http", help="listen address HOST:PORT (default 127.0.0.1:8080)")
     serve = add("serve", "the HTTP API alone")
-    serve.add_argument("--http", help="listen address HOST:PORT (default 127.0.0.1:8080)")
+    for p in (run, serve):
+        p.add_argument("--http", help="listen address HOST:PORT (default 127.0.0.1:8080)")
+        p.add_argument(
+            "--insecure",
+            action="store_true",
+            default=None,
+            help="serve WITHOUT authentication, even off loopback (never on a network)",
+        )
     ingest = add("ingest", "the ingest daemons alone (watched folder, SQS queues)")
     ingest.add_argument("--watch", type=Path, help="watched inbox (default HOME/inbox)")
     for p in (run, ingest):
@@ -74,6 +82,28 @@ def _parser() -> argparse.ArgumentParser:
         "--sharded", action="store_true", help="init: also shard the archive (through mongos)"
     )
     add("config", "print the effective settings, secrets masked")
+    tokens = add("tokens", "API tokens: create (shown once), list, revoke")
+    tokens.add_argument("action", choices=["create", "list", "revoke"])
+    tokens.add_argument("token_id", nargs="?", help="revoke: the token id")
+    tokens.add_argument("--subject", help="create: who the token is for")
+    tokens.add_argument(
+        "--grant",
+        action="append",
+        default=[],
+        metavar="PROJECT=ROLE",
+        help="create: a role (reader, contributor, admin) in a project, * for all (repeatable)",
+    )
+    tokens.add_argument("--days", type=float, default=90.0, help="create: expiry (default 90)")
+    tokens.add_argument("--default-project", help="create: where its STOW-RS stores by default")
+    tokens.add_argument("--description", default="")
+    audit = add("audit", "query the audit trail; CSV or JSON lines")
+    audit.add_argument("--user")
+    audit.add_argument("--study")
+    audit.add_argument("--action", dest="audit_action", help="e.g. search, retrieve, store")
+    audit.add_argument("--since", help="ISO time or date, inclusive (UTC unless given)")
+    audit.add_argument("--until", help="ISO time or date, exclusive")
+    audit.add_argument("--format", choices=["csv", "jsonl"], default="csv")
+    audit.add_argument("--output", type=Path, help="file to write (default stdout)")
     aws = add("aws", "AWS set-up")
     aws.add_argument("action", choices=["wire-bucket"])
     aws.add_argument("--bucket", required=True)
@@ -89,6 +119,7 @@ def _overrides(args: argparse.Namespace) -> dict[str, Any]:
         "home": getattr(args, "home", None),
         "watch": getattr(args, "watch", None),
         "sqs_queues": getattr(args, "sqs_queues", None),
+        "insecure": getattr(args, "insecure", None),
     }
     if getattr(args, "http", None):
         host, _, port = args.http.rpartition(":")
@@ -134,12 +165,18 @@ async def _dispatch(args: argparse.Namespace, settings: Settings) -> int:
         return 0
     if command == "aws":
         return await asyncio.to_thread(_wire_bucket, args, settings)
+    if command in ("tokens", "audit"):
+        async with open_runtime(settings, sweep_periodically=False) as runtime:
+            if command == "tokens":
+                return await manage_tokens(args, runtime.tokens)
+            return await export_audit(args, AuditStore(runtime.database))
     if command == "import":
         async with open_runtime(settings, sweep_periodically=False) as runtime:
             return await _import(args, runtime)
     stop = _stop_on_signal()  # before start-up: see _stop_on_signal
     async with open_runtime(settings) as runtime, contextlib.AsyncExitStack() as stack:
         if command in ("run", "serve"):
+            _warn_if_open(settings)
             await stack.enter_async_context(_http(runtime, settings.http_port))
         elif settings.metrics_port is not None:
             await stack.enter_async_context(_http(runtime, settings.metrics_port, ops_only=True))
@@ -226,6 +263,17 @@ async def _http(runtime: Runtime, port: int, ops_only: bool = False) -> AsyncIte
         yield
     finally:
         await runner.cleanup()
+
+
+def _warn_if_open(settings: Settings) -> None:
+    if settings.auth_enabled or settings.loopback_only:
+        return
+    banner = (
+        f"WARNING: cloudpacs serves {settings.http_host}:{settings.http_port} WITHOUT "
+        "AUTHENTICATION (--insecure): anyone who can reach it can read and change all data"
+    )
+    print("!" * len(banner) + "\n" + banner + "\n" + "!" * len(banner), file=sys.stderr)
+    log.warning("http.insecure", extra={"host": settings.http_host})
 
 
 def _stop_on_signal() -> asyncio.Event:
