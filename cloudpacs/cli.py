@@ -228,13 +228,24 @@ async def _import(args: argparse.Namespace, runtime: Runtime) -> int:
     paths = [Path(p) for p in args.paths if not p.startswith("s3://")]
     failed = 0
     if paths:
-        summary = await import_paths(runtime.ingestor, paths, settings.ingest_concurrency, progress)
+        summary = await import_paths(
+            runtime.ingestor,
+            paths,
+            settings.ingest_concurrency,
+            progress,
+            settings.project_rules.importer,
+        )
         print(summary.render())
         failed += summary.counts["failed"]
     if urls:
         clients = _aws(settings)
         objects = ObjectIngest(
-            clients.s3, runtime.ingestor, settings.home / "tmp", settings.max_upload_bytes, "import"
+            clients.s3,
+            runtime.ingestor,
+            settings.home / "tmp",
+            settings.max_upload_bytes,
+            "import",
+            settings.project_rules,
         )
         checkpoints = CheckpointStore(runtime.database)
         for url in urls:

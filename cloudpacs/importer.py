@@ -44,7 +44,11 @@ def iter_files(paths: Iterable[Path]) -> Iterator[Path]:
 
 
 async def import_paths(
-    ingestor: Ingestor, paths: list[Path], concurrency: int, progress: bool = True
+    ingestor: Ingestor,
+    paths: list[Path],
+    concurrency: int,
+    progress: bool = True,
+    project: str | None = None,
 ) -> ImportSummary:
     files = await asyncio.to_thread(lambda: list(iter_files(paths)))
     summary = ImportSummary()
@@ -55,7 +59,9 @@ async def import_paths(
         async with semaphore:
             for attempt in range(RETRIES_WHEN_UNAVAILABLE):
                 try:
-                    result = await ingestor.ingest(path, Source("import", str(path)))
+                    result = await ingestor.ingest(
+                        path, Source("import", str(path), project=project)
+                    )
                     break
                 except Unavailable as exc:
                     if attempt == RETRIES_WHEN_UNAVAILABLE - 1:

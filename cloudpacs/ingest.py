@@ -168,7 +168,7 @@ class Ingestor:
         project = source.project or self.default_project
         if await self.store.claim_study(parsed.study_uid, project) != project:
             raise WrongProject(
-                f"study {parsed.study_uid} is held by another project; a study belongs to "
+                f"another project holds study {parsed.study_uid}; a study belongs to "
                 f"exactly one project, so it cannot be stored in {project!r}",
                 parsed.sop_uid,
                 parsed.sop_class_uid,

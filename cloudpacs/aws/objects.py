@@ -12,6 +12,7 @@ from typing import Any
 from botocore.exceptions import BotoCoreError, ClientError
 
 from cloudpacs.ingest import Ingestor, IngestResult, Source
+from cloudpacs.projects import ProjectRules
 
 DOWNLOAD_CHUNK_BYTES = 1024 * 1024
 MISSING_OBJECT_CODES = {"NoSuchKey", "404", "NotFound"}
@@ -36,8 +37,15 @@ class RetryLater(Exception):
 
 class ObjectIngest:
     def __init__(
-        self, s3: Any, ingestor: Ingestor, tmp_dir: Path, max_bytes: int, kind: str
+        self,
+        s3: Any,
+        ingestor: Ingestor,
+        tmp_dir: Path,
+        max_bytes: int,
+        kind: str,
+        projects: ProjectRules | None = None,
     ) -> None:
+        self.projects = projects
         self.s3 = s3
         self.ingestor = ingestor
         self.tmp_dir = tmp_dir
@@ -46,7 +54,8 @@ class ObjectIngest:
 
     async def ingest(self, obj: S3Object) -> IngestResult:
         """Stored, duplicate or rejected (recorded); raises RetryLater or Unavailable."""
-        source = Source(self.kind, obj.url)
+        project = self.projects.for_s3(obj.bucket, obj.key) if self.projects else None
+        source = Source(self.kind, obj.url, project=project)
         if obj.size is not None and obj.size > self.max_bytes:
             reason = f"object is {obj.size} bytes, over the {self.max_bytes}-byte limit"
             return await self.ingestor.reject(source, reason, "too-large")

@@ -29,6 +29,7 @@ class SqsDaemon:
                     tmp_dir=settings.home / "tmp",
                     concurrency=per_queue,
                     retry_base_seconds=settings.sqs_retry_base_seconds,
+                    projects=settings.project_rules,
                 ),
                 ingestor,
                 metrics,

@@ -68,12 +68,14 @@ class IngestRunner:
         disposal: FileDisposal,
         concurrency: int,
         source_kind: str = "folder",
+        project: str | None = None,
         on_done: Callable[[Path, IngestResult], None] | None = None,
     ) -> None:
         self.ingestor = ingestor
         self.disposal = disposal
         self.concurrency = concurrency
         self.source_kind = source_kind
+        self.project = project
         self.on_done = on_done
         self.queue: asyncio.Queue[Path] = asyncio.Queue()
         self.queued: set[Path] = set()
@@ -142,7 +144,10 @@ class IngestRunner:
                 return None  # removed by someone else meanwhile
             try:
                 return await self.ingestor.ingest(
-                    path, Source(self.source_kind, str(self.disposal.relative(path)))
+                    path,
+                    Source(
+                        self.source_kind, str(self.disposal.relative(path)), project=self.project
+                    ),
                 )
             except Unavailable as exc:
                 log.warning("ingest.retry", extra={"reason": str(exc), "delay_seconds": delay})

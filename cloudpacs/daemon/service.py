@@ -23,7 +23,12 @@ class FolderDaemon:
             failed_dir=settings.failed_dir,
             done_dir=settings.done_dir if settings.after_ingest == "move" else None,
         )
-        self.runner = IngestRunner(ingestor, self.disposal, settings.ingest_concurrency)
+        self.runner = IngestRunner(
+            ingestor,
+            self.disposal,
+            settings.ingest_concurrency,
+            project=settings.project_rules.folder,
+        )
         self.source = FolderSource(
             inbox,
             submit=self.runner.submit,

@@ -30,6 +30,7 @@ from cloudpacs.daemon.s3events import parse_message
 from cloudpacs.errors import Unavailable
 from cloudpacs.ingest import Ingestor, Outcome, Source
 from cloudpacs.metrics import Metrics
+from cloudpacs.projects import ProjectRules
 
 log = logging.getLogger(__name__)
 
@@ -50,6 +51,7 @@ class SqsOptions:
     tmp_dir: Path = Path(tempfile.gettempdir())
     concurrency: int = 8
     retry_base_seconds: float = 5.0
+    projects: ProjectRules | None = None
 
 
 class SqsSource:
@@ -61,7 +63,9 @@ class SqsSource:
         self.options = options
         self.ingestor = ingestor
         self.metrics = metrics
-        self.objects = ObjectIngest(s3, ingestor, options.tmp_dir, options.max_object_bytes, "sqs")
+        self.objects = ObjectIngest(
+            s3, ingestor, options.tmp_dir, options.max_object_bytes, "sqs", options.projects
+        )
         self.inflight: dict[str, asyncio.Task[None]] = {}
         self._slot_freed = asyncio.Event()
         self._stopping = asyncio.Event()
