@@ -1,0 +1,56 @@
+"""API tokens against a real FerretDB: shown once, stored hashed, expiring, revocable."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+import pytest
+
+from cloudpacs.auth.principal import Role
+from cloudpacs.errors import InvalidRequest, NotFound, Unauthenticated
+from cloudpacs.runtime import Runtime
+from cloudpacs.storage.instances import utcnow
+from cloudpacs.storage.schema import TOKENS
+
+
+async def test_a_token_is_stored_only_as_a_hash_and_verifies(runtime: Runtime) -> None:
+    new = await runtime.tokens.create("ann", {"alpha": "contributor"}, 30, "alpha")
+    secret = new.token.rsplit("_", 1)[1]
+    stored = await runtime.database.db[TOKENS].find_one({"_id": new.record["_id"]})
+    assert stored is not None and secret not in str(stored)
+    assert len(stored["secret_sha256"]) == 64
+    principal = await runtime.tokens.verify(new.token)
+    assert principal.subject == "ann" and principal.default_project == "alpha"
+    assert principal.allows(Role.CONTRIBUTOR, "alpha") and not principal.allows(Role.READER, "b")
+    listed = await runtime.tokens.list()
+    assert [t["_id"] for t in listed] == [new.record["_id"]]
+    assert "secret_sha256" not in listed[0]
+
+
+async def test_wrong_secret_expired_and_revoked_tokens_are_refused(runtime: Runtime) -> None:
+    new = await runtime.tokens.create("ann", {"alpha": "reader"}, 1)
+    for bad in (new.token[:-1] + ("A" if new.token[-1] != "A" else "B"), "cpt_nope_x", "cpt_"):
+        with pytest.raises(Unauthenticated, match="invalid token"):
+            await runtime.tokens.verify(bad)
+    await runtime.database.db[TOKENS].update_one(
+        {"_id": new.record["_id"]}, {"$set": {"expires_at": utcnow() - timedelta(seconds=1)}}
+    )
+    with pytest.raises(Unauthenticated, match="expired"):
+        await runtime.tokens.verify(new.token)
+    other = await runtime.tokens.create("bo", {"alpha": "reader"}, 1)
+    await runtime.tokens.revoke(other.record["_id"])
+    await runtime.tokens.revoke(other.record["_id"])  # idempotent
+    with pytest.raises(Unauthenticated, match="revoked"):
+        await runtime.tokens.verify(other.token)
+    with pytest.raises(NotFound):
+        await runtime.tokens.revoke("0000000000000000")
+
+
+async def test_token_requests_are_validated(runtime: Runtime) -> None:
+    with pytest.raises(InvalidRequest, match="at least one grant"):
+        await runtime.tokens.create("ann", {}, 1)
+    with pytest.raises(InvalidRequest, match="between 0 and"):
+        await runtime.tokens.create("ann", {"alpha": "reader"}, 0)
+    with pytest.raises(InvalidRequest, match="default project"):
+        await runtime.tokens.create("ann", {"alpha": "reader"}, 1, default_project="beta")
+    assert await runtime.database.db[TOKENS].count_documents({}) == 0

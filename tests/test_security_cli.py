@@ -1,0 +1,131 @@
+"""`cloudpacs tokens`, `cloudpacs audit` and `serve` with and without authentication, as an
+operator runs them: real processes on a real FerretDB."""
+
+from __future__ import annotations
+
+import csv
+import os
+import signal
+import subprocess
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import free_port
+from tests.test_cli import CLOUDPACS, cloudpacs, db_env, spawned, wait_for  # noqa: F401
+
+pytestmark = pytest.mark.timeout(120)
+
+
+def request(url: str, token: str | None = None) -> int:
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    try:
+        with urllib.request.urlopen(urllib.request.Request(url, headers=headers), timeout=10) as r:
+            return int(r.status)
+    except urllib.error.HTTPError as exc:
+        return exc.code
+
+
+def serve(
+    env: dict[str, str], host: str, port: int, tmp_path: Path, pids: list[int], *extra: str
+) -> subprocess.Popen[bytes]:
+    with (tmp_path / f"serve-{port}.log").open("wb") as log:
+        process = subprocess.Popen(
+            [str(CLOUDPACS), "serve", "--http", f"{host}:{port}", *extra],
+            env=env,
+            cwd=tmp_path,
+            stdout=log,
+            stderr=log,
+        )
+    pids.append(process.pid)
+    wait_for(lambda: request(f"http://127.0.0.1:{port}/healthz") == 200, 60, "/healthz")
+    return process
+
+
+def stop(process: subprocess.Popen[bytes]) -> None:
+    os.kill(process.pid, signal.SIGTERM)
+    assert process.wait(30) == 0
+
+
+def test_tokens_gate_the_api_and_every_request_is_in_the_audit_export(
+    db_env: dict[str, str],  # noqa: F811
+    tmp_path: Path,
+    spawned: list[int],  # noqa: F811
+) -> None:
+    created = cloudpacs(
+        "tokens",
+        "create",
+        "--subject",
+        "ann",
+        "--grant",
+        "*=reader",
+        "--days",
+        "1",
+        env=db_env,
+        cwd=tmp_path,
+    )
+    assert created.returncode == 0, created.stderr
+    token = created.stdout.strip().splitlines()[-1]
+    assert token.startswith("cpt_") and "shown once" in created.stderr
+    _, token_id, secret = token.split("_", 2)
+    listed = cloudpacs("tokens", "list", env=db_env, cwd=tmp_path)
+    assert f"{token_id}\tann\t*=reader\tactive" in listed.stdout
+    assert secret not in listed.stdout  # the secret is never shown again
+
+    port = free_port()
+    env = {**db_env, "CLOUDPACS_AUTH_REQUIRED": "true"}
+    process = serve(env, "127.0.0.1", port, tmp_path, spawned)
+    url = f"http://127.0.0.1:{port}/dicomweb/studies"
+    assert request(url) == 401
+    assert request(url, token) == 204
+    assert request(url, "cpt_0000_wrong") == 401
+    revoked = cloudpacs("tokens", "revoke", token_id, env=db_env, cwd=tmp_path)
+    assert revoked.returncode == 0 and "revoked" in revoked.stdout
+    assert request(url, token) == 401
+    stop(process)  # writes the audit buffer out
+
+    out = tmp_path / "audit.csv"
+    exported = cloudpacs(
+        "audit",
+        "--action",
+        "search",
+        "--format",
+        "csv",
+        "--output",
+        str(out),
+        env=db_env,
+        cwd=tmp_path,
+    )
+    assert exported.returncode == 0, exported.stderr
+    rows = list(csv.DictReader(out.read_text().splitlines()))
+    assert [(r["user"], r["outcome"], r["status"]) for r in rows] == [
+        ("-", "denied", "401"),
+        ("ann", "ok", "204"),
+        ("-", "denied", "401"),
+        ("-", "denied", "401"),
+    ]
+    assert all(r["client"] == "127.0.0.1" and r["path"] == "/dicomweb/studies" for r in rows)
+    mine = cloudpacs("audit", "--user", "ann", "--format", "jsonl", env=db_env, cwd=tmp_path)
+    assert mine.stdout.count("\n") == 1 and '"credential": "token:' in mine.stdout
+    later = cloudpacs("audit", "--since", "2999-01-01", env=db_env, cwd=tmp_path)
+    assert later.stdout.strip().splitlines() == [later.stdout.splitlines()[0]]  # header only
+    bad = cloudpacs("audit", "--since", "yesterday", env=db_env, cwd=tmp_path)
+    assert bad.returncode == 1 and "not an ISO date" in bad.stderr
+
+
+def test_off_loopback_the_api_needs_credentials_unless_insecure(
+    db_env: dict[str, str],  # noqa: F811
+    tmp_path: Path,
+    spawned: list[int],  # noqa: F811
+) -> None:
+    port = free_port()
+    process = serve(db_env, "0.0.0.0", port, tmp_path, spawned)
+    assert request(f"http://127.0.0.1:{port}/dicomweb/studies") == 401
+    stop(process)
+    port = free_port()
+    process = serve(db_env, "0.0.0.0", port, tmp_path, spawned, "--insecure")
+    assert request(f"http://127.0.0.1:{port}/dicomweb/studies") == 204
+    stop(process)
+    log = (tmp_path / f"serve-{port}.log").read_text()
+    assert "WITHOUT AUTHENTICATION" in log and '"event": "http.insecure"' in log
