@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Create (or converge) the MongoDB users of cloudpacs through mongos, least privilege:
 #   cloudpacs_admin     root                        operators only, never on app nodes' disks
-#   cloudpacs_app       readWrite on the archive    the cloudpacs services
+#   cloudpacs_app       role cloudpacsApp: its collections; audit find+insert only
 #   cloudpacs_research  read on the archive         research queries, read-only
 #   cloudpacs_backup    backup                      mongodump jobs (restores: the admin)
 # The administrator is created through the localhost exception when no user exists yet (run
@@ -58,6 +58,9 @@ main() {
   js=$(js_admin_login "$(absolute "$admin_file")")
   if [[ $update == true ]]; then
     js+=$'\n'$(js_ensure_user "$ADMIN_USER" "$(absolute "$admin_file")" "$(js_roles admin "$database")" true)
+  fi
+  if [[ -n ${files[app]:-} ]]; then
+    js+=$'\n'$(js_ensure_app_role "$database")
   fi
   for kind in app research backup; do
     if [[ -n ${files[$kind]:-} ]]; then

@@ -241,12 +241,45 @@ try {
 JS
 }
 
+# The application's collections (cloudpacs/storage/schema.py APP_READ_WRITE and
+# APP_APPEND_ONLY; tests/deploy check they agree): full use of its working collections, but
+# only find and insert on the audit trail, which it can therefore never change or delete.
+APP_COLLECTIONS=(instances series studies fs.files fs.chunks rejections locks checkpoints
+  uploads study_projects tokens)
+APP_APPEND_ONLY_COLLECTIONS=(audit)
+APP_ROLE=cloudpacsApp
+
+# js_ensure_app_role DATABASE: create the application's role, or set it back to exactly this.
+js_ensure_app_role() {
+  local database=$1 name privileges
+  local rw='["find", "insert", "update", "remove", "createCollection", "createIndex", "listIndexes"]'
+  local append='["find", "insert", "createCollection", "createIndex", "listIndexes"]'
+  privileges="{resource: {db: \"$database\", collection: \"\"}, actions: [\"listCollections\"]}"
+  for name in "${APP_COLLECTIONS[@]}"; do
+    privileges+=", {resource: {db: \"$database\", collection: \"$name\"}, actions: $rw}"
+  done
+  for name in "${APP_APPEND_ONLY_COLLECTIONS[@]}"; do
+    privileges+=", {resource: {db: \"$database\", collection: \"$name\"}, actions: $append}"
+  done
+  cat <<JS
+const archive = db.getSiblingDB("$database");
+const appRole = {privileges: [$privileges], roles: []};
+if (archive.getRole("$APP_ROLE") === null) {
+  archive.createRole({role: "$APP_ROLE", ...appRole});
+  print("created role $APP_ROLE");
+} else {
+  archive.updateRole("$APP_ROLE", appRole);
+  print("updated role $APP_ROLE");
+}
+JS
+}
+
 # js_roles KIND DATABASE -> the exact roles of each user kind (least privilege).
 js_roles() {
   local kind=$1 database=$2
   case $kind in
     admin) echo '[{role: "root", db: "admin"}]' ;;
-    app) echo "[{role: \"readWrite\", db: \"$database\"}]" ;;
+    app) echo "[{role: \"$APP_ROLE\", db: \"$database\"}]" ;;
     research) echo "[{role: \"read\", db: \"$database\"}]" ;;
     backup) echo '[{role: "backup", db: "admin"}]' ;;
     *) die "unknown user kind $kind" ;;

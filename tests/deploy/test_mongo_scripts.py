@@ -14,6 +14,8 @@ from typing import Any
 
 import pytest
 
+from cloudpacs.storage import schema
+
 REPO = Path(__file__).resolve().parents[2]
 DEPLOY = REPO / "deploy"
 MONGO = DEPLOY / "mongo"
@@ -22,7 +24,7 @@ CFG = [f"cfg-{m}.pacs.cloudpacs.internal:27019" for m in (1, 2, 3)]
 SHARD3 = [f"shard03-{m}.pacs.cloudpacs.internal:27018" for m in (1, 2, 3)]
 ROLES = {
     "cloudpacs_admin": [{"role": "root", "db": "admin"}],
-    "cloudpacs_app": [{"role": "readWrite", "db": "cloudpacs"}],
+    "cloudpacs_app": [{"role": "cloudpacsApp", "db": "cloudpacs"}],
     "cloudpacs_research": [{"role": "read", "db": "cloudpacs"}],
     "cloudpacs_backup": [{"role": "backup", "db": "admin"}],
 }
@@ -87,6 +89,9 @@ const adminDb = {
     if (state.users.length && !state.authed) throw new Error("Unauthorized");
     state.users.push(doc.user); },
   updateUser(user, doc) { calls.push(["updateUser", user, doc]); },
+  getRole(role) { return (state.roles || []).includes(role) ? {role} : null; },
+  createRole(doc) { calls.push(["createRole", doc]); },
+  updateRole(role, doc) { calls.push(["updateRole", role, doc]); },
 };
 globalThis.db = {
   getSiblingDB(name) { return adminDb; },
@@ -383,7 +388,7 @@ def test_create_users_dry_run_has_the_exact_roles_and_no_password(tmp_path: Path
     )
     assert "S3cret" not in out
     (js,) = javascript(out)
-    assert create_call("cloudpacs_app", pw["app"], '[{role: "readWrite", db: "cloudpacs"}]') in js
+    assert create_call("cloudpacs_app", pw["app"], '[{role: "cloudpacsApp", db: "cloudpacs"}]') in js
     assert (
         create_call("cloudpacs_research", pw["research"], '[{role: "read", db: "cloudpacs"}]') in js
     )
@@ -396,8 +401,22 @@ def test_create_users_dry_run_has_the_exact_roles_and_no_password(tmp_path: Path
         assert created[user]["roles"] == roles
         kind = user.split("_")[1]
         assert created[user]["pwd"] == f"{kind}-S3cret-{kind}"
+    # the application's own role: everything on its working collections, but on the audit
+    # trail only find and insert (it can never change or delete an audit record)
+    ((role,),) = named(calls, "createRole")
+    assert role["role"] == "cloudpacsApp" and role["roles"] == []
+    actions = {p["resource"]["collection"]: set(p["actions"]) for p in role["privileges"]}
+    assert actions.pop("") == {"listCollections"}
+    assert set(actions) == set(schema.APP_READ_WRITE) | set(schema.APP_APPEND_ONLY)
+    for name in schema.APP_APPEND_ONLY:
+        assert {"find", "insert"} <= actions[name]
+        assert not actions[name] & {"update", "remove", "dropCollection", "collMod"}
+    for name in schema.APP_READ_WRITE:
+        assert {"find", "insert", "update", "remove"} <= actions[name]
+    assert all(p["resource"]["db"] == "cloudpacs" for p in role["privileges"])
     # again: nobody is created; roles are set back to exactly these; passwords untouched
-    calls = run_js(js, tmp_path, users=list(ROLES))
+    calls = run_js(js, tmp_path, users=list(ROLES), roles=["cloudpacsApp"])
+    assert named(calls, "createRole") == [] and len(named(calls, "updateRole")) == 1
     assert named(calls, "createUser") == []
     updates = {user: doc for user, doc in named(calls, "updateUser")}
     assert updates == {u: {"roles": r} for u, r in ROLES.items() if u != "cloudpacs_admin"}
