@@ -524,3 +524,16 @@ async def test_a_file_removed_before_ingest_is_simply_forgotten(
     await eventually(lambda: _stored(runtime, {keep.sop_uid}))
     await eventually(lambda: _inbox_empty(inbox))
     assert files_under(settings.failed_dir) == []
+
+
+async def test_files_of_the_watched_folder_go_to_its_project(
+    runtime: Runtime, settings: Settings, start_daemon: StartDaemon
+) -> None:
+    settings = dataclasses.replace(settings, folder_project="lab")
+    spec = write_instance(settings.inbox / "a.dcm")
+    await start_daemon(settings)
+    await eventually(lambda: _empty_and_stored(runtime, settings.inbox, 1))
+    doc = await runtime.database.db.instances.find_one({"_id": spec.sop_uid})
+    study = await runtime.database.db.studies.find_one({"_id": spec.study_uid})
+    assert doc is not None and doc["project"] == "lab"
+    assert study is not None and study["project"] == "lab"

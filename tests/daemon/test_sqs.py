@@ -13,8 +13,10 @@ from typing import Any
 import pytest
 
 from cloudpacs.aws.clients import AwsClients, make_clients
+from cloudpacs.aws.objects import ObjectIngest, S3Object
 from cloudpacs.aws.wiring import WiringPlan, wire_bucket
 from cloudpacs.daemon.sqs import SqsOptions, SqsSource
+from cloudpacs.projects import ProjectRules
 from cloudpacs.runtime import Runtime
 from cloudpacs.storage.sweep import sweep
 from tests.conftest import FerretServer
@@ -268,3 +270,23 @@ async def test_database_outage_loses_and_duplicates_nothing(
 
 async def _at_least(db: Any, n: int) -> bool:
     return bool(await db.instances.count_documents({}) >= n)
+
+
+async def test_s3_objects_go_to_the_project_of_the_longest_matching_prefix(
+    runtime: Runtime, wired: Wired, tmp_path: Path
+) -> None:
+    rules = ProjectRules.from_settings(
+        "default", None, None, (f"{wired.bucket}/=imaging", f"{wired.bucket}/mri/=mri-lab")
+    )
+    objects = ObjectIngest(
+        wired.clients.s3, runtime.ingestor, tmp_path / "t", 10**7, "import", rules
+    )
+    expected = {}
+    for key, project in (("ct/a.dcm", "imaging"), ("mri/b.dcm", "mri-lab")):
+        data, spec = dicom_bytes(tmp_path)
+        wired.clients.s3.put_object(Bucket=wired.bucket, Key=key, Body=data)
+        await objects.ingest(S3Object(wired.bucket, key))
+        expected[spec.sop_uid] = project
+    for sop, project in expected.items():
+        doc = await runtime.database.db.instances.find_one({"_id": sop})
+        assert doc is not None and doc["project"] == project

@@ -388,7 +388,9 @@ def test_create_users_dry_run_has_the_exact_roles_and_no_password(tmp_path: Path
     )
     assert "S3cret" not in out
     (js,) = javascript(out)
-    assert create_call("cloudpacs_app", pw["app"], '[{role: "cloudpacsApp", db: "cloudpacs"}]') in js
+    assert (
+        create_call("cloudpacs_app", pw["app"], '[{role: "cloudpacsApp", db: "cloudpacs"}]') in js
+    )
     assert (
         create_call("cloudpacs_research", pw["research"], '[{role: "read", db: "cloudpacs"}]') in js
     )
