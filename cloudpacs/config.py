@@ -75,6 +75,7 @@ class Settings:
     jwt_algorithms: tuple[str, ...] = ("RS256", "ES256")
     jwt_leeway_seconds: float = 60.0
     jwt_projects_claim: str = "cloudpacs_projects"  # {"project": "role", "*": "reader"}
+    token_cache_seconds: float = 5.0  # a revocation elsewhere takes effect within this
     audit_flush_seconds: float = 0.5
     audit_buffer_limit: int = 100_000
 
@@ -276,7 +277,9 @@ def _validate_security(s: Settings) -> None:
             )
     if s.jwt_jwks and not (s.jwt_issuer and s.jwt_audience):
         raise ConfigError("jwt_jwks needs jwt_issuer and jwt_audience")
-    if not s.jwt_leeway_seconds >= 0 or not s.audit_flush_seconds > 0:
-        raise ConfigError("jwt_leeway_seconds must be >= 0 and audit_flush_seconds > 0")
+    if not (s.jwt_leeway_seconds >= 0 and s.token_cache_seconds >= 0):
+        raise ConfigError("jwt_leeway_seconds and token_cache_seconds must be >= 0")
+    if not s.audit_flush_seconds > 0:
+        raise ConfigError("audit_flush_seconds must be > 0")
     if s.audit_buffer_limit < 1:
         raise ConfigError("audit_buffer_limit must be at least 1")

@@ -91,7 +91,7 @@ def build_runtime(
         settings.default_project,
         audit,
     )
-    tokens = TokenService(TokenStore(database))
+    tokens = TokenService(TokenStore(database), settings.token_cache_seconds)
     return Runtime(settings, database, store, ingestor, metrics, notes, audit, tokens)
 
 

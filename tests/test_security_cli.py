@@ -82,7 +82,9 @@ def test_tokens_gate_the_api_and_every_request_is_in_the_audit_export(
     assert request(url, "cpt_0000_wrong") == 401
     revoked = cloudpacs("tokens", "revoke", token_id, env=db_env, cwd=tmp_path)
     assert revoked.returncode == 0 and "revoked" in revoked.stdout
-    assert request(url, token) == 401
+    # the server caches a token for token_cache_seconds (5): the revocation, made by another
+    # process, takes effect within that
+    wait_for(lambda: request(url, token) == 401, 10, "the revocation to take effect")
     stop(process)  # writes the audit buffer out
 
     out = tmp_path / "audit.csv"
@@ -99,15 +101,13 @@ def test_tokens_gate_the_api_and_every_request_is_in_the_audit_export(
     )
     assert exported.returncode == 0, exported.stderr
     rows = list(csv.DictReader(out.read_text().splitlines()))
-    assert [(r["user"], r["outcome"], r["status"]) for r in rows] == [
-        ("-", "denied", "401"),
-        ("ann", "ok", "204"),
-        ("-", "denied", "401"),
-        ("-", "denied", "401"),
-    ]
+    outcomes = [(r["user"], r["outcome"], r["status"]) for r in rows]
+    assert outcomes[:3] == [("-", "denied", "401"), ("ann", "ok", "204"), ("-", "denied", "401")]
+    assert outcomes[-1] == ("-", "denied", "401")  # the revoked token
+    assert set(outcomes[3:-1]) <= {("ann", "ok", "204")}  # while the revocation propagated
     assert all(r["client"] == "127.0.0.1" and r["path"] == "/dicomweb/studies" for r in rows)
     mine = cloudpacs("audit", "--user", "ann", "--format", "jsonl", env=db_env, cwd=tmp_path)
-    assert mine.stdout.count("\n") == 1 and '"credential": "token:' in mine.stdout
+    assert mine.stdout.count("\n") >= 1 and '"credential": "token:' in mine.stdout
     later = cloudpacs("audit", "--since", "2999-01-01", env=db_env, cwd=tmp_path)
     assert later.stdout.strip().splitlines() == [later.stdout.splitlines()[0]]  # header only
     bad = cloudpacs("audit", "--since", "yesterday", env=db_env, cwd=tmp_path)

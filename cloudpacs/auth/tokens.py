@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import secrets
+import time
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
@@ -21,6 +22,7 @@ from cloudpacs.storage.instances import utcnow
 from cloudpacs.storage.tokens import TokenStore
 
 PREFIX = "cpt_"
+CACHE_ENTRIES = 10_000
 MAX_DAYS = 3650
 
 
@@ -39,8 +41,12 @@ def looks_like_token(credential: str) -> bool:
 
 
 class TokenService:
-    def __init__(self, store: TokenStore) -> None:
+    def __init__(self, store: TokenStore, cache_seconds: float = 0.0) -> None:
         self.store = store
+        # token id -> (record, when read): a revocation made elsewhere (another node, the
+        # CLI) takes effect here within cache_seconds; one made here, at once
+        self.cache_seconds = cache_seconds
+        self._cache: dict[str, tuple[dict[str, Any], float]] = {}
 
     async def create(
         self,
@@ -79,7 +85,7 @@ class TokenService:
 
     async def verify(self, token: str) -> Principal:
         token_id, _, secret = token.removeprefix(PREFIX).partition("_")
-        record = await self.store.get(token_id) if token_id and secret else None
+        record = await self._record(token_id) if token_id and secret else None
         if record is None or not hmac.compare_digest(record["secret_sha256"], _digest(secret)):
             raise Unauthenticated("invalid token")
         if record.get("revoked_at") is not None:
@@ -93,10 +99,23 @@ class TokenService:
             credential=f"token:{token_id}",
         )
 
+    async def _record(self, token_id: str) -> dict[str, Any] | None:
+        now = time.monotonic()
+        cached = self._cache.get(token_id)
+        if cached is not None and now - cached[1] < self.cache_seconds:
+            return cached[0]
+        record = await self.store.get(token_id)
+        if record is not None and self.cache_seconds > 0:
+            if len(self._cache) >= CACHE_ENTRIES:
+                self._cache.clear()
+            self._cache[token_id] = (record, now)
+        return record
+
     async def list(self) -> list[dict[str, Any]]:
         return await self.store.list()
 
     async def revoke(self, token_id: str) -> None:
+        self._cache.pop(token_id, None)
         if not await self.store.revoke(token_id, utcnow()):
             if await self.store.get(token_id) is None:
                 raise NotFound(f"no token {token_id}")

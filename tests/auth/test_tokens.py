@@ -2,15 +2,25 @@
 
 from __future__ import annotations
 
+import asyncio
+import dataclasses
 from datetime import timedelta
 
 import pytest
 
 from cloudpacs.auth.principal import Role
+from cloudpacs.auth.tokens import TokenService
+from cloudpacs.config import Settings
 from cloudpacs.errors import InvalidRequest, NotFound, Unauthenticated
 from cloudpacs.runtime import Runtime
 from cloudpacs.storage.instances import utcnow
 from cloudpacs.storage.schema import TOKENS
+from cloudpacs.storage.tokens import TokenStore
+
+
+@pytest.fixture
+def settings(settings: Settings) -> Settings:
+    return dataclasses.replace(settings, token_cache_seconds=0)  # every check reads the DB
 
 
 async def test_a_token_is_stored_only_as_a_hash_and_verifies(runtime: Runtime) -> None:
@@ -54,3 +64,23 @@ async def test_token_requests_are_validated(runtime: Runtime) -> None:
     with pytest.raises(InvalidRequest, match="default project"):
         await runtime.tokens.create("ann", {"alpha": "reader"}, 1, default_project="beta")
     assert await runtime.database.db[TOKENS].count_documents({}) == 0
+
+
+async def test_cached_tokens_see_local_revocation_at_once_and_remote_within_the_ttl(
+    runtime: Runtime,
+) -> None:
+    node_a = TokenService(TokenStore(runtime.database), cache_seconds=0.5)
+    node_b = TokenService(TokenStore(runtime.database), cache_seconds=0.5)
+    new = await node_a.create("ann", {"alpha": "reader"}, 1)
+    other = await node_a.create("bo", {"alpha": "reader"}, 1)
+    for token in (new.token, other.token):
+        await node_a.verify(token)
+        await node_b.verify(token)
+    await node_a.revoke(new.record["_id"])
+    with pytest.raises(Unauthenticated, match="revoked"):
+        await node_a.verify(new.token)  # here: at once
+    await node_b.verify(new.token)  # another node: still cached...
+    await asyncio.sleep(0.6)
+    with pytest.raises(Unauthenticated, match="revoked"):
+        await node_b.verify(new.token)  # ...until the cache entry expires
+    assert (await node_b.verify(other.token)).subject == "bo"

@@ -1,0 +1,182 @@
+"""What authentication and the audit trail cost: the same STOW-RS, QIDO-RS and WADO-RS load
+against `cloudpacs serve` open (loopback default) and secured (API token required, every
+request audited), in ABBA order on one FerretDB, reported as secured/open ratios.
+
+    .venv/bin/python perf/bench_security.py            # 400 instances, 2 runs per mode (ABBA)
+    .venv/bin/python perf/bench_security.py --quick    # 120 instances, 1 run per mode
+
+Results: perf/out/results-security.json and a table on stdout (perf/RESULTS.md keeps them).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import statistics
+import subprocess
+import time
+import urllib.request
+import uuid
+from collections import deque
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+from bench_core import DICOM_ACCEPT, JSON_ACCEPT, StowStats, multipart_bodies, stow_post
+from benchlib import (
+    OUT,
+    VENV_BIN,
+    machine,
+    run_ab,
+    start_cloudpacs,
+    start_ferretdb,
+)
+from corpus import CorpusParams, ensure_corpus
+
+MODES = {"open": {}, "secured": {"CLOUDPACS_AUTH_REQUIRED": "true"}}
+
+
+def create_token(uri: str, database: str, home: Path) -> str:
+    env = {
+        **os.environ,
+        "CLOUDPACS_MONGO_URI": uri,
+        "CLOUDPACS_DATABASE": database,
+        "CLOUDPACS_HOME": str(home),
+    }
+    done = subprocess.run(
+        [
+            str(VENV_BIN / "cloudpacs"),
+            "tokens",
+            "create",
+            "--subject",
+            "bench",
+            "--grant",
+            "*=contributor",
+            "--days",
+            "1",
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    return done.stdout.strip().splitlines()[-1]
+
+
+async def stow(url: str, files: list[Path], clients: int, headers: dict[str, str]) -> float:
+    boundary, bodies = multipart_bodies(files, 1)
+    stats, queue = StowStats(), deque(bodies)
+    async with aiohttp.ClientSession(headers=headers) as session:
+
+        async def worker() -> None:
+            while queue:
+                await stow_post(session, url, boundary, queue.popleft(), stats)
+
+        started = time.perf_counter()
+        await asyncio.gather(*(worker() for _ in range(clients)))
+        seconds = time.perf_counter() - started
+    if stats.stored != len(files):
+        raise RuntimeError(f"STOW stored {stats.stored} of {len(files)}: {dict(stats.errors)}")
+    return len(files) / seconds
+
+
+def one_round(
+    mode: str, ferret_uri: str, files: list[Path], work: Path, args: Any
+) -> dict[str, Any]:
+    database = f"bench_sec_{mode}_{uuid.uuid4().hex[:8]}"
+    home = work / database
+    headers: dict[str, str] = {}
+    if mode == "secured":
+        headers["Authorization"] = f"Bearer {create_token(ferret_uri, database, home)}"
+    server = start_cloudpacs("serve", home, ferret_uri, database, MODES[mode])
+    try:
+        root = f"{server.base}/dicomweb"
+        rate = asyncio.run(stow(f"{root}/studies", files, 4, headers))
+        auth = [f"{k}: {v}" for k, v in headers.items()]
+        qido = run_ab(
+            f"{root}/studies?PatientName=*",
+            args.requests,
+            16,
+            work / "ab",
+            headers=[f"Accept: {JSON_ACCEPT}", *auth],
+        )
+        request = urllib.request.Request(
+            f"{root}/instances?limit=1", headers={"Accept": JSON_ACCEPT, **headers}
+        )
+        with urllib.request.urlopen(request, timeout=60) as answer:
+            sample = json.loads(answer.read())[0]
+        instance = sample["00081190"]["Value"][0]
+        wado = run_ab(
+            instance,
+            args.requests,
+            16,
+            work / "ab",
+            headers=[f"Accept: {DICOM_ACCEPT}", *auth],
+            keepalive=False,
+        )
+    finally:
+        server.stop()
+    return {
+        "mode": mode,
+        "stow_instances_per_s_c4": round(rate, 2),
+        "qido_rps_c16": qido.rps,
+        "qido_p50_ms": qido.p50_ms,
+        "qido_p99_ms": qido.p99_ms,
+        "qido_failed": qido.failed + qido.non_2xx,
+        "wado_rps_c16": wado.rps,
+        "wado_p99_ms": wado.p99_ms,
+        "wado_failed": wado.failed + wado.non_2xx,
+    }
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--out", type=Path, default=OUT / "results-security.json")
+    args = parser.parse_args()
+    instances = 120 if args.quick else 400
+    args.requests = 300 if args.quick else 1500
+    corpus = ensure_corpus(CorpusParams(instances=instances, patients=10))
+    work = OUT / f"run-security-{time.strftime('%Y%m%d-%H%M%S')}"
+    work.mkdir(parents=True)
+    ferret = start_ferretdb(work / "ferretdb")
+    uri = f"mongodb://127.0.0.1:{ferret.port}/"
+    rows = []
+    try:
+        # ABBA: drift over the run (FerretDB's file growing, other load) cancels out
+        order = ["open", "secured"] if args.quick else ["open", "secured", "secured", "open"]
+        for mode in order:
+            row = one_round(mode, uri, corpus.files, work, args)
+            print(json.dumps(row), flush=True)
+            rows.append(row)
+    finally:
+        ferret.stop()
+    summary = {}
+    for key in rows[0]:
+        if key == "mode":
+            continue
+        means = {m: statistics.mean(r[key] for r in rows if r["mode"] == m) for m in MODES}
+        summary[key] = {
+            **{m: round(v, 2) for m, v in means.items()},
+            "secured/open": round(means["secured"] / means["open"], 3) if means["open"] else None,
+        }
+    result = {
+        "machine": machine(),
+        "instances": instances,
+        "requests": args.requests,
+        "rounds": rows,
+        "summary": summary,
+        "command": "perf/bench_security.py" + (" --quick" if args.quick else ""),
+    }
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(result, indent=2))
+    print(f"{'figure':28} {'open':>10} {'secured':>10} {'secured/open':>13}")
+    for key, row in summary.items():
+        print(f"{key:28} {row['open']:>10} {row['secured']:>10} {row['secured/open']!s:>13}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
