@@ -7,6 +7,8 @@ from pathlib import Path
 
 import jwt
 import pytest
+from aiohttp import web
+from aiohttp.test_utils import TestServer
 
 from cloudpacs.auth.oidc import JwtVerifier
 from cloudpacs.auth.principal import Role
@@ -66,3 +68,19 @@ def test_an_unreadable_jwks_is_a_config_error(tmp_path: Path) -> None:
     (tmp_path / "bad.json").write_text("{")
     with pytest.raises(ConfigError, match="cannot load a JWKS"):
         JwtVerifier(ISSUER, AUDIENCE, str(tmp_path / "bad.json"), ("RS256",), 0, CLAIM)
+
+
+async def test_keys_can_come_from_a_jwks_url(idp: Idp) -> None:
+    jwks = idp.jwks_path.read_bytes()
+
+    async def serve_jwks(request: web.Request) -> web.Response:
+        return web.Response(body=jwks, content_type="application/json")
+
+    app = web.Application()
+    app.router.add_get("/.well-known/jwks.json", serve_jwks)
+    async with TestServer(app, host="127.0.0.1") as server:
+        url = str(server.make_url("/.well-known/jwks.json"))
+        v = JwtVerifier(ISSUER, AUDIENCE, url, ("RS256", "ES256"), 0, CLAIM)
+        assert (await v.verify(idp.token({"alpha": "reader"}))).subject == "jwt-user"
+        with pytest.raises(Unauthenticated):
+            await v.verify(idp.forged({"alpha": "reader"}))
