@@ -1,9 +1,11 @@
 """What authentication and the audit trail cost: the same STOW-RS, QIDO-RS and WADO-RS load
-against `cloudpacs serve` open (loopback default) and secured (API token required, every
-request audited), in ABBA order on one FerretDB, reported as secured/open ratios.
+against `cloudpacs serve` as it was before them (`--baseline REF`, a git commit, run from a
+temporary worktree) and as it is now with an API token required and every request audited,
+in ABBA order on one FerretDB, reported as secured/before ratios.
 
-    .venv/bin/python perf/bench_security.py            # 400 instances, 2 runs per mode (ABBA)
-    .venv/bin/python perf/bench_security.py --quick    # 120 instances, 1 run per mode
+    .venv/bin/python perf/bench_security.py                      # 400 instances, ABBA
+    .venv/bin/python perf/bench_security.py --quick              # 120 instances, AB
+    .venv/bin/python perf/bench_security.py --baseline fef1599   # the default baseline
 
 Results: perf/out/results-security.json and a table on stdout (perf/RESULTS.md keeps them).
 """
@@ -16,6 +18,7 @@ import json
 import os
 import statistics
 import subprocess
+import sys
 import time
 import urllib.request
 import uuid
@@ -27,15 +30,38 @@ import aiohttp
 from bench_core import DICOM_ACCEPT, JSON_ACCEPT, StowStats, multipart_bodies, stow_post
 from benchlib import (
     OUT,
+    REPO,
     VENV_BIN,
+    Server,
+    free_port,
     machine,
     run_ab,
-    start_cloudpacs,
+    spawn,
     start_ferretdb,
+    wait_http_ok,
 )
 from corpus import CorpusParams, ensure_corpus
 
-MODES = {"open": {}, "secured": {"CLOUDPACS_AUTH_REQUIRED": "true"}}
+BASELINE = "fef1599"  # main before authentication, projects and audit (issue #5)
+MODES = ("before", "secured")
+BOOT = "import sys; sys.path.insert(0, {root!r}); from cloudpacs.cli import main; sys.exit(main())"
+
+
+def start_serve(mode: str, code: Path, home: Path, uri: str, database: str) -> Server:
+    """`cloudpacs serve` from the source tree `code` (the baseline worktree, or this repo)."""
+    port = free_port()
+    argv = [sys.executable, "-c", BOOT.format(root=str(code)), "serve"]
+    argv += ["--home", str(home), "--http", f"127.0.0.1:{port}"]
+    env = {"CLOUDPACS_MONGO_URI": uri, "CLOUDPACS_DATABASE": database}
+    if mode == "secured":
+        env["CLOUDPACS_AUTH_REQUIRED"] = "true"
+    server = spawn(f"cloudpacs-{mode}", argv, port, home / "serve.log", env)
+    try:
+        wait_http_ok(f"{server.base}/readyz", 60, server.proc)
+    except BaseException:
+        server.stop()
+        raise
+    return server
 
 
 def create_token(uri: str, database: str, home: Path) -> str:
@@ -83,14 +109,14 @@ async def stow(url: str, files: list[Path], clients: int, headers: dict[str, str
 
 
 def one_round(
-    mode: str, ferret_uri: str, files: list[Path], work: Path, args: Any
+    mode: str, ferret_uri: str, files: list[Path], work: Path, args: Any, baseline: Path
 ) -> dict[str, Any]:
     database = f"bench_sec_{mode}_{uuid.uuid4().hex[:8]}"
     home = work / database
     headers: dict[str, str] = {}
     if mode == "secured":
         headers["Authorization"] = f"Bearer {create_token(ferret_uri, database, home)}"
-    server = start_cloudpacs("serve", home, ferret_uri, database, MODES[mode])
+    server = start_serve(mode, baseline if mode == "before" else REPO, home, ferret_uri, database)
     try:
         root = f"{server.base}/dicomweb"
         rate = asyncio.run(stow(f"{root}/studies", files, 4, headers))
@@ -134,6 +160,7 @@ def one_round(
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--baseline", default=BASELINE, help="git ref of the 'before' code")
     parser.add_argument("--out", type=Path, default=OUT / "results-security.json")
     args = parser.parse_args()
     instances = 120 if args.quick else 400
@@ -141,18 +168,27 @@ def main() -> int:
     corpus = ensure_corpus(CorpusParams(instances=instances, patients=10))
     work = OUT / f"run-security-{time.strftime('%Y%m%d-%H%M%S')}"
     work.mkdir(parents=True)
+    baseline = work / "baseline"
+    subprocess.run(
+        ["git", "-C", str(REPO), "worktree", "add", "--detach", str(baseline), args.baseline],
+        check=True,
+        capture_output=True,
+    )
     ferret = start_ferretdb(work / "ferretdb")
     uri = f"mongodb://127.0.0.1:{ferret.port}/"
     rows = []
     try:
         # ABBA: drift over the run (FerretDB's file growing, other load) cancels out
-        order = ["open", "secured"] if args.quick else ["open", "secured", "secured", "open"]
+        order = ["before", "secured"] if args.quick else ["before", "secured", "secured", "before"]
         for mode in order:
-            row = one_round(mode, uri, corpus.files, work, args)
+            row = one_round(mode, uri, corpus.files, work, args, baseline)
             print(json.dumps(row), flush=True)
             rows.append(row)
     finally:
         ferret.stop()
+        subprocess.run(
+            ["git", "-C", str(REPO), "worktree", "remove", "--force", str(baseline)], check=False
+        )
     summary = {}
     for key in rows[0]:
         if key == "mode":
@@ -160,7 +196,9 @@ def main() -> int:
         means = {m: statistics.mean(r[key] for r in rows if r["mode"] == m) for m in MODES}
         summary[key] = {
             **{m: round(v, 2) for m, v in means.items()},
-            "secured/open": round(means["secured"] / means["open"], 3) if means["open"] else None,
+            "secured/before": (
+                round(means["secured"] / means["before"], 3) if means["before"] else None
+            ),
         }
     result = {
         "machine": machine(),
@@ -168,13 +206,14 @@ def main() -> int:
         "requests": args.requests,
         "rounds": rows,
         "summary": summary,
+        "baseline": args.baseline,
         "command": "perf/bench_security.py" + (" --quick" if args.quick else ""),
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2))
-    print(f"{'figure':28} {'open':>10} {'secured':>10} {'secured/open':>13}")
+    print(f"{'figure':28} {'before':>10} {'secured':>10} {'secured/before':>15}")
     for key, row in summary.items():
-        print(f"{key:28} {row['open']:>10} {row['secured']:>10} {row['secured/open']!s:>13}")
+        print(f"{key:28} {row['before']:>10} {row['secured']:>10} {row['secured/before']!s:>15}")
     return 0
 
 
