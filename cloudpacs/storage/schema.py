@@ -198,10 +198,14 @@ async def _create_validated_instances(database: Database) -> str:
 
 
 async def assign_default_project(database: Database, project: str) -> list[str]:
-    """Archives from before projects: put project-less data into the default project."""
+    """Archives from before projects: put project-less data into the default project.
+    Once done (marked in `checkpoints`), later start-ups skip the three scans."""
     db = database.db
     moved = 0
+    marker = {"_id": "migration:projects"}
     async with translate_errors():
+        if await db[CHECKPOINTS].find_one(marker):
+            return []
         for name in (INSTANCES, SERIES, STUDIES):
             result = await db[name].update_many(
                 {"project": {"$exists": False}}, {"$set": {"project": project}}
@@ -212,4 +216,5 @@ async def assign_default_project(database: Database, project: str) -> list[str]:
                 await db[STUDY_PROJECTS].update_one(
                     {"_id": study}, {"$setOnInsert": {"project": project}}, upsert=True
                 )
+        await db[CHECKPOINTS].update_one(marker, {"$set": {"project": project}}, upsert=True)
     return [f"{moved} documents from before projects assigned to {project!r}"] if moved else []
