@@ -1,5 +1,5 @@
 """Who may call what: client address policy, authentication, the role each route needs,
-and one audit record per request (including every refusal).
+and one audit record per request (including every refusal; see audit_request).
 
 Deny by default: a route must have a Rule (routes.py) or it is refused.
 """
@@ -110,25 +110,6 @@ def _deny(request: web.Request, reason: str, message: str) -> None:
     raise Forbidden(message)
 
 
-def audit_middleware() -> Middleware:
-    """Outermost: sees the final status of every request, whatever answered it."""
-
-    @web.middleware
-    async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-        status = 500
-        try:
-            response = await handler(request)
-            status = response.status
-            return response
-        except web.HTTPException as exc:
-            status = exc.status
-            raise
-        finally:
-            _record(request, status)
-
-    return middleware
-
-
 def _outcome(status: int) -> str:
     if status < 400:
         return "ok"
@@ -139,7 +120,8 @@ def _outcome(status: int) -> str:
     return "failed"
 
 
-def _record(request: web.Request, status: int) -> None:
+def audit_request(request: web.Request, status: int) -> None:
+    """One audit record for a finished request (called by the outermost middleware)."""
     if _unmatched(request) and status not in (401, 403):
         return
     rule = _rule(request)

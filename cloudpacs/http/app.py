@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from cloudpacs.http.access import access_middleware, audit_middleware
+from cloudpacs.http.access import access_middleware
 from cloudpacs.http.middleware import error_middleware
 from cloudpacs.http.routes import add_routes
 from cloudpacs.http.services import SERVICES, Services
@@ -18,7 +18,7 @@ def create_app(services: Services, ops_only: bool = False) -> web.Application:
     """The DICOMweb API, or with ops_only just /healthz, /readyz and /metrics (the ingest
     daemon's listener, so that its metrics can be scraped)."""
     app = web.Application(
-        middlewares=[audit_middleware(), error_middleware(services.metrics), access_middleware()],
+        middlewares=[error_middleware(services.metrics), access_middleware()],
         client_max_size=services.settings.max_upload_bytes,
         handler_args={"max_line_size": MAX_LINE_SIZE, "max_field_size": MAX_FIELD_SIZE},
     )

@@ -1,21 +1,19 @@
-"""The one error-to-status table, and request metrics by route template."""
+"""The one error-to-status table; request metrics by route template and the audit record."""
 
 from __future__ import annotations
 
 import logging
 import time
 import uuid
-from collections.abc import Awaitable, Callable
 
 from aiohttp import web
 from aiohttp.typedefs import Middleware
 
 from cloudpacs import errors
+from cloudpacs.http.access import Handler, audit_request
 from cloudpacs.metrics import Metrics
 
 log = logging.getLogger(__name__)
-
-Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 STATUS_BY_ERROR: list[tuple[type[errors.CloudPacsError], int]] = [
     (errors.Unauthenticated, 401),
@@ -71,6 +69,7 @@ def error_middleware(metrics: Metrics) -> Middleware:
                 {"error": "internal error", "request_id": request_id}, status=500
             )
         finally:
+            audit_request(request, status)
             metrics.http_in_flight.dec()
             metrics.http_seconds.labels(route, request.method, str(status)).observe(
                 time.perf_counter() - started
