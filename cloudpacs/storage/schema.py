@@ -11,7 +11,7 @@ import logging
 from typing import Any
 
 from pymongo import ASCENDING, IndexModel
-from pymongo.errors import CollectionInvalid, OperationFailure
+from pymongo.errors import CollectionInvalid, DuplicateKeyError, OperationFailure
 
 from cloudpacs.storage.database import NOT_IMPLEMENTED_CODE, Database, translate_errors
 
@@ -213,8 +213,14 @@ async def assign_default_project(database: Database, project: str) -> list[str]:
             moved += result.modified_count
         if moved:
             for study in await db[STUDIES].distinct("_id", {"project": project}):
-                await db[STUDY_PROJECTS].update_one(
-                    {"_id": study}, {"$setOnInsert": {"project": project}}, upsert=True
-                )
-        await db[CHECKPOINTS].update_one(marker, {"$set": {"project": project}}, upsert=True)
+                await _insert_once(db[STUDY_PROJECTS], {"_id": study, "project": project})
+        await _insert_once(db[CHECKPOINTS], {**marker, "project": project})
     return [f"{moved} documents from before projects assigned to {project!r}"] if moved else []
+
+
+async def _insert_once(collection: Any, doc: dict[str, Any]) -> None:
+    """Insert unless a document with this _id exists (another node starting at once)."""
+    try:
+        await collection.insert_one(doc)
+    except DuplicateKeyError:
+        pass
