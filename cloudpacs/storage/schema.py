@@ -75,6 +75,7 @@ STUDY_INDEXES = [
 UPLOAD_INDEXES = [IndexModel([("started_at", ASCENDING)])]
 FILES_INDEXES = [IndexModel([("filename", ASCENDING), ("uploadDate", ASCENDING)])]
 CHUNKS_INDEXES = [IndexModel([("files_id", ASCENDING), ("n", ASCENDING)], unique=True)]
+CHECKPOINT_INDEXES = [IndexModel([("job", ASCENDING)], sparse=True)]
 REJECTION_INDEXES = [
     IndexModel([("at", ASCENDING)]),
     IndexModel([("reason_code", ASCENDING), ("at", ASCENDING)]),
@@ -97,6 +98,7 @@ async def init_schema(database: Database) -> list[str]:
             (STUDIES, STUDY_INDEXES),
             (UPLOADS, UPLOAD_INDEXES),
             (REJECTIONS, REJECTION_INDEXES),
+            (CHECKPOINTS, CHECKPOINT_INDEXES),
             (f"{FILES_BUCKET}.files", FILES_INDEXES),
             (f"{FILES_BUCKET}.chunks", CHUNKS_INDEXES),
         ):
