@@ -237,4 +237,6 @@ def _check_status(answer: aiohttp.ClientResponse, url: str) -> None:
         )
     if status == 429 or status >= 500:
         raise SourceRetry(f"{url} answered {status}")
-    raise SourceError(f"{url} answered {status} {answer.reason or ''}".rstrip())
+    raise SourceError(
+        f"{url} answered {status} {answer.reason or ''}: is this the DICOMweb service root?"
+    )
