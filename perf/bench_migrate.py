@@ -37,6 +37,11 @@ def children_cpu() -> float:
     return usage.ru_utime + usage.ru_stime
 
 
+def disk_bytes(folder: Path) -> int:
+    """Bytes allocated on disk under `folder` (what `du` counts)."""
+    return sum(p.stat().st_blocks * 512 for p in folder.rglob("*") if p.is_file())
+
+
 def migrate(root: str, home: Path, concurrency: int, report: Path) -> dict[str, Any]:
     """One `cloudpacs migrate` run on its embedded FerretDB: wall and CPU seconds, report."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("CLOUDPACS_")}
@@ -92,6 +97,9 @@ def main() -> int:
             "seconds": round(load, 2),
             "instances_per_s": round(len(corpus.files) / load, 1),
         }
+        results["orthanc_disk_bytes"] = disk_bytes(run_dir / "orthanc" / "storage") + disk_bytes(
+            run_dir / "orthanc" / "index"
+        )
         root = f"{server.base}{DICOMWEB_ROOT}"
         for concurrency in args.concurrency:
             home = run_dir / f"cloudpacs-c{concurrency}"
@@ -101,6 +109,8 @@ def main() -> int:
             first["orthanc_cpu_seconds"] = round(cpu_seconds(server.pid) - orthanc0, 1)
             log(f"  -> {first['totals']['instances_per_s']} instances/s; rerun")
             again = migrate(root, home, concurrency, home / "again.json")
+            # GridFS chunks, documents, indexes: the embedded FerretDB's SQLite files
+            first["cloudpacs_disk_bytes"] = disk_bytes(home / "db")
             results["levels"].append({"concurrency": concurrency, "first": first, "again": again})
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(results, indent=2) + "\n")
@@ -113,9 +123,10 @@ def report(results: dict[str, Any]) -> str:
     lines = [
         f"corpus: {corpus['instances']} instances, {corpus['bytes'] / 1e6:.0f} MB; "
         f"Orthanc {results['versions']['orthanc']} loaded it at "
-        f"{results['orthanc_load']['instances_per_s']} instances/s",
+        f"{results['orthanc_load']['instances_per_s']} instances/s; on disk: Orthanc "
+        f"{results['orthanc_disk_bytes'] / 1e6:.0f} MB (files + SQLite index)",
         "concurrency | instances/s | MB/s | seconds | cloudpacs+FerretDB CPU-s | Orthanc CPU-s"
-        " | rerun seconds",
+        " | rerun seconds | cloudpacs on disk MB",
     ]
     for level in results["levels"]:
         first, again = level["first"], level["again"]
@@ -124,7 +135,8 @@ def report(results: dict[str, Any]) -> str:
         lines.append(
             f"{level['concurrency']} | {t['instances_per_s']} | {mb_s:.1f} | "
             f"{first['migrate_seconds']} | {first['cloudpacs_and_ferretdb_cpu_seconds']} | "
-            f"{first['orthanc_cpu_seconds']} | {again['migrate_seconds']}"
+            f"{first['orthanc_cpu_seconds']} | {again['migrate_seconds']} | "
+            f"{first['cloudpacs_disk_bytes'] / 1e6:.0f}"
         )
     return "\n".join(lines)
 
