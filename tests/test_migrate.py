@@ -324,3 +324,17 @@ def test_a_malformed_header_is_refused_before_start_up(env: dict[str, str]) -> N
     result = run(argv, env, timeout=60)
     assert result.returncode == 1
     assert "--header must be 'Name: value'" in result.stderr
+
+
+def test_credentials_in_the_url_are_used_and_never_shown(
+    source: Source, env: dict[str, str], db: Database[dict[str, Any]], tmp_path: Path
+) -> None:
+    url = source.url.replace("http://", "http://migrator:s3cret@")
+    argv = [str(CLOUDPACS), "migrate", "--from-dicomweb", url, "--limit-studies", "1"]
+    result = run([*argv, "--report", str(tmp_path / "r.json"), "--no-progress"], env)
+    assert result.returncode == 0, result.stdout + result.stderr
+    report = load(tmp_path / "r.json")
+    assert report["source"] == source.url
+    assert report["totals"]["studies"]["copied"] == 1
+    assert "s3cret" not in result.stdout + result.stderr + json.dumps(report)
+    assert all("s3cret" not in d["_id"] for d in db.checkpoints.find({}, {"_id": 1}))

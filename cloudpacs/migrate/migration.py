@@ -53,6 +53,7 @@ RETRIES = 5  # per request to the source, and per ingest while the database is u
 # a checkpoint keeps each instance's source sha256: past this many a study's document would
 # near MongoDB's 16 MiB limit, so only the count is kept (a rerun then re-fetches the study)
 MAX_CHECKPOINT_INSTANCES = 50_000
+GIVE_UP_AFTER_FAILURES = 20  # transfers failed in a row (each after its retries)
 PROGRESS_LINE_SECONDS = 10.0  # when stderr is not a terminal
 
 
@@ -66,10 +67,6 @@ class MigrateOptions:
     headers: dict[str, str] = field(default_factory=dict)
     limit_studies: int | None = None
     progress: bool = True
-
-    @property
-    def job(self) -> str:
-        return f"migrate:{self.source.rstrip('/')}"
 
 
 class Migration:
@@ -86,7 +83,9 @@ class Migration:
         self.ingestor = ingestor
         self.store = store
         self.checkpoints = checkpoints
+        self.job = f"migrate:{source.root}"  # the root carries no credentials
         self.slots = asyncio.Semaphore(options.concurrency)
+        self.failures_in_a_row = 0
         self.report = MigrationReport(source.root, options.project, utcnow().isoformat())
         self.progress = Progress(options.progress)
 
@@ -106,7 +105,7 @@ class Migration:
         await self.source.check()
         studies = await self._retrying(self.source.studies)
         self.report.studies_in_source = len(studies)
-        done = await self.checkpoints.done_items(self.options.job)
+        done = await self.checkpoints.done_items(self.job)
         todo = studies
         if self.options.limit_studies is not None:
             pending = [s for s in studies if not _complete(done.get(s.uid), s)]
@@ -121,6 +120,8 @@ class Migration:
 
     async def _worker(self, queue: Iterator[StudyRef], done: dict[str, dict[str, Any]]) -> None:
         for study in queue:  # one shared iterator: each study goes to one worker
+            if self.report.aborted:
+                return
             report = StudyReport(study.uid)
             self.report.studies.append(report)
             checkpoint = done.get(study.uid)
@@ -154,22 +155,37 @@ class Migration:
         kept = len(shas) <= MAX_CHECKPOINT_INSTANCES
         instances = [{"sop": k, "sha256": v} for k, v in sorted(shas.items())] if kept else None
         await self.checkpoints.mark_done(
-            self.options.job, study.uid, {"count": len(refs), "instances": instances}
+            self.job, study.uid, {"count": len(refs), "instances": instances}
         )
         log.info("migrate.study_done", extra={"study_instance_uid": study.uid, "n": len(refs)})
 
     async def _instance(self, ref: InstanceRef, report: StudyReport, shas: dict[str, str]) -> None:
+        reason: str | None
+        sha: str | None
         async with self.slots:
-            try:
-                outcome, reason, sha = await self._transfer(ref)
-            except (SourceError, SourceRetry, Unavailable) as exc:
-                outcome, reason, sha = "failed", str(exc), None
+            if self.report.aborted:
+                outcome, reason, sha = "failed", "not attempted: the migration gave up", None
+            else:
+                try:
+                    outcome, reason, sha = await self._transfer(ref)
+                    self.failures_in_a_row = 0
+                except (SourceError, SourceRetry, Unavailable) as exc:
+                    outcome, reason, sha = "failed", str(exc), None
+                    self._failed(exc)
         report.counts[outcome] += 1
         if sha is not None and outcome != Outcome.REJECTED:
             shas[ref.sop] = sha
         if reason is not None:
             report.problem(ref.sop, f"{outcome}: {reason}")
         self.progress.update(1)
+
+    def _failed(self, exc: Exception) -> None:
+        """Give up when transfers keep failing (source or database down, credentials expired):
+        every further instance would only wait through its retries."""
+        self.failures_in_a_row += 1
+        if self.failures_in_a_row >= GIVE_UP_AFTER_FAILURES and not self.report.aborted:
+            self.report.aborted = f"{self.failures_in_a_row} transfers failed in a row; last: {exc}"
+            log.warning("migrate.gave_up", extra={"error": str(exc)})
 
     async def _transfer(self, ref: InstanceRef) -> tuple[str, str | None, str | None]:
         """Fetch one instance to a temporary file and ingest it: (outcome, reason, sha256)."""

@@ -86,13 +86,16 @@ class MigrationReport:
     studies_in_source: int = 0
     limited: bool = False
     interrupted: bool = False
+    aborted: str = ""  # why the migration gave up early, if it did
     fetched_bytes: int = 0
     studies: list[StudyReport] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
-        return not self.interrupted and all(
-            s.status != INCOMPLETE and not s.problems for s in self.studies
+        return (
+            not self.interrupted
+            and not self.aborted
+            and all(s.status != INCOMPLETE and not s.problems for s in self.studies)
         )
 
     def totals(self) -> dict[str, Any]:
@@ -124,6 +127,7 @@ class MigrationReport:
             "ok": self.ok,
             "limited": self.limited,
             "interrupted": self.interrupted,
+            "aborted": self.aborted,
             "totals": self.totals(),
             "studies": [s.as_json() for s in self.studies],
         }
@@ -152,6 +156,8 @@ class MigrationReport:
             lines.append("stopped at --limit-studies: rerun without it to copy the rest")
         if self.interrupted:
             lines.append("interrupted: rerun the same command to resume")
+        if self.aborted:
+            lines.append(f"gave up: {self.aborted}; fix the cause, then rerun to resume")
         problems = [(s.study, p) for s in self.studies for p in s.problems]
         for study, p in problems[:SHOWN_PROBLEMS]:
             lines.append(f"  study {study} instance {p['sop'] or '-'}: {p['problem']}")

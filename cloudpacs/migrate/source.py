@@ -18,6 +18,7 @@ from typing import Any
 from urllib.parse import quote
 
 import aiohttp
+from yarl import URL
 
 from cloudpacs.errors import CloudPacsError
 
@@ -80,10 +81,15 @@ class DicomwebSource:
     def __init__(
         self, root: str, headers: Mapping[str, str] | None = None, connections: int = 8
     ) -> None:
-        if not root.startswith(("http://", "https://")):
+        url = URL(root)
+        if url.scheme not in ("http", "https") or not url.host:
             raise SourceError(f"the source must be an http:// or https:// URL, not {root!r}")
-        self.root = root.rstrip("/")
         self.headers = dict(headers or {})
+        if url.user is not None:  # credentials in the URL: a header, never in messages
+            auth = aiohttp.BasicAuth(url.user, url.password or "")
+            self.headers.setdefault("Authorization", auth.encode())
+            url = url.with_user(None)
+        self.root = str(url).rstrip("/")
         self.connections = connections
         self._session: aiohttp.ClientSession | None = None
 
