@@ -210,6 +210,20 @@ def test_everything_arrives_byte_exact_and_a_rerun_copies_nothing(
     assert set(status_of(report).values()) == {"already-complete"}
     assert db.instances.count_documents({}) == total
 
+    # an instance lost from the archive afterwards: reported, and the next run copies it again
+    lost = min(source.sha)
+    db.instances.delete_one({"_id": lost})
+    broken = run(migrate_argv(source, tmp_path / "broken.json"), env)
+    assert broken.returncode == 1, broken.stdout + broken.stderr
+    assert f"instance {lost}: missing from the archive" in broken.stdout
+    assert load(tmp_path / "broken.json")["totals"]["missing"] == 1
+    repaired = run(migrate_argv(source, tmp_path / "repaired.json"), env)
+    assert repaired.returncode == 0, repaired.stdout + repaired.stderr
+    totals = load(tmp_path / "repaired.json")["totals"]
+    assert totals["stored"] == 1
+    assert totals["studies"]["copied"] == 1
+    assert db.instances.find_one({"_id": lost})["sha256"] == source.sha[lost]  # type: ignore[index]
+
 
 def test_an_interrupted_migration_resumes_without_fetching_finished_studies_again(
     source: Source, env: dict[str, str], db: Database[dict[str, Any]], tmp_path: Path

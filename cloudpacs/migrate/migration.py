@@ -135,8 +135,12 @@ class Migration:
         shas = {i["sop"]: i["sha256"] for i in checkpoint.get("instances") or []}
         await reconcile(self.store, report, shas)
         report.source_instances = int(checkpoint.get("count", len(shas)))
-        report.status = ALREADY_COMPLETE
         self.progress.update(report.source_instances)
+        if report.problems:  # lost or changed in the archive since: copy it again next run
+            await self.checkpoints.forget(self.job, report.study)
+            report.problem(None, "finished earlier but no longer intact: a rerun copies it")
+            return
+        report.status = ALREADY_COMPLETE
 
     async def _copy(self, study: StudyRef, report: StudyReport) -> None:
         try:
@@ -146,10 +150,9 @@ class Migration:
             return
         shas: dict[str, str] = {}
         await asyncio.gather(*(self._instance(ref, report, shas) for ref in refs))
-        listed_problems = list(report.problems)
         await reconcile(self.store, report, shas)
         report.source_instances = len(refs)
-        if listed_problems or report.problems or len(shas) != len(refs):
+        if report.problems or len(shas) != len(refs):
             return
         report.status = COPIED
         kept = len(shas) <= MAX_CHECKPOINT_INSTANCES
