@@ -13,9 +13,10 @@ test: deps system-deps
 	$(PY) -m pytest -q $(PYTEST_ARGS)
 
 # Debian packages the tests run for real: HAProxy, Prometheus/promtool, ApacheBench,
-# shellcheck, systemd-analyze.
+# shellcheck, systemd-analyze, and Orthanc + its DICOMweb plugin (the source `cloudpacs
+# migrate` is tested against).
 system-deps:
-	scripts/install-system-deps.sh haproxy prometheus prometheus-node-exporter apache2-utils shellcheck systemd openssl
+	scripts/install-system-deps.sh haproxy prometheus prometheus-node-exporter apache2-utils shellcheck systemd openssl orthanc orthanc-dicomweb
 
 lint: $(VENV_STAMP)
 	.venv/bin/ruff check cloudpacs tests perf

@@ -1,4 +1,5 @@
-"""Command line: run, serve, ingest, import, db init|sweep, config, tokens, audit."""
+"""Command line: run, serve, ingest, import, migrate, db init|sweep, config, aws, tokens,
+audit."""
 
 from __future__ import annotations
 
@@ -28,10 +29,14 @@ from cloudpacs.errors import CloudPacsError
 from cloudpacs.http.app import create_app
 from cloudpacs.importer import import_paths
 from cloudpacs.logs import setup_logging
+from cloudpacs.migrate.migration import MigrateOptions, Migration
+from cloudpacs.migrate.source import DicomwebSource, parse_header
 from cloudpacs.notify import sd_notify
+from cloudpacs.projects import check_project_name
 from cloudpacs.runtime import Runtime, open_runtime
 from cloudpacs.storage.audit import AuditStore
 from cloudpacs.storage.checkpoints import CheckpointStore
+from cloudpacs.storage.instances import utcnow
 from cloudpacs.storage.sharding import shard_archive
 from cloudpacs.storage.sweep import sweep
 
@@ -76,6 +81,27 @@ def _parser() -> argparse.ArgumentParser:
     imp = add("import", "bulk-import files, folders or s3://bucket/prefix (left in place)")
     imp.add_argument("paths", nargs="+", help="files, folders or s3:// URLs")
     imp.add_argument("--no-progress", action="store_true")
+    mig = add("migrate", "copy a whole archive from a DICOMweb server (resumable, verified)")
+    mig.add_argument(
+        "--from-dicomweb",
+        dest="source",
+        required=True,
+        metavar="URL",
+        help="DICOMweb service root, e.g. http://orthanc:8042/dicom-web",
+    )
+    mig.add_argument("--concurrency", type=int, help="instance transfers at a time")
+    mig.add_argument("--project", help="research project the copied instances belong to")
+    mig.add_argument("--report", type=Path, help="reconciliation report (JSON) path")
+    mig.add_argument(
+        "--header",
+        action="append",
+        dest="headers",
+        default=[],
+        metavar="'NAME: VALUE'",
+        help="HTTP header sent to the source, e.g. 'Authorization: Bearer ...' (repeatable)",
+    )
+    mig.add_argument("--limit-studies", type=int, metavar="N", help="copy at most N studies")
+    mig.add_argument("--no-progress", action="store_true")
     db = add("db", "database administration")
     db.add_argument("action", choices=["init", "sweep"])
     db.add_argument(
@@ -174,6 +200,10 @@ async def _dispatch(args: argparse.Namespace, settings: Settings) -> int:
         async with open_runtime(settings, sweep_periodically=False) as runtime:
             return await _import(args, runtime)
     stop = _stop_on_signal()  # before start-up: see _stop_on_signal
+    if command == "migrate":
+        options = _migrate_options(args, settings)  # bad flags fail before start-up
+        async with open_runtime(settings, sweep_periodically=False) as runtime:
+            return await _migrate(args, options, runtime, stop)
     async with open_runtime(settings) as runtime, contextlib.AsyncExitStack() as stack:
         if command in ("run", "serve"):
             _warn_if_open(settings)
@@ -259,6 +289,49 @@ async def _import(args: argparse.Namespace, runtime: Runtime) -> int:
             for name, reason in rejected:
                 print(f"  rejected {name}: {reason}")
     return 0 if not failed else 1
+
+
+def _migrate_options(args: argparse.Namespace, settings: Settings) -> MigrateOptions:
+    concurrency = args.concurrency or settings.ingest_concurrency
+    if concurrency < 1 or (args.limit_studies is not None and args.limit_studies < 1):
+        raise CloudPacsError("--concurrency and --limit-studies must be at least 1")
+    return MigrateOptions(
+        source=args.source,
+        tmp_dir=settings.home / "tmp",
+        max_bytes=settings.max_upload_bytes,
+        concurrency=concurrency,
+        project=check_project_name(args.project, "--project") if args.project else None,
+        headers=dict(parse_header(h) for h in args.headers),
+        limit_studies=args.limit_studies,
+        progress=not args.no_progress,
+    )
+
+
+async def _migrate(
+    args: argparse.Namespace, options: MigrateOptions, runtime: Runtime, stop: asyncio.Event
+) -> int:
+    """Run the migration until done or signalled; then write and summarise the report."""
+    stamp = utcnow().strftime("%Y%m%dT%H%M%SZ")
+    path = args.report or runtime.settings.home / "reports" / f"migrate-{stamp}.json"
+    async with DicomwebSource(options.source, options.headers, options.concurrency) as source:
+        migration = Migration(
+            options, source, runtime.ingestor, runtime.store, CheckpointStore(runtime.database)
+        )
+        task = asyncio.create_task(migration.run())
+        stopped = asyncio.create_task(stop.wait())
+        await asyncio.wait({task, stopped}, return_when=asyncio.FIRST_COMPLETED)
+        stopped.cancel()
+        if not task.done():
+            task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task  # raises what stopped the migration at its start (SourceError)
+    report = migration.report
+    await asyncio.to_thread(report.write, path)
+    print(report.render())
+    print(f"report: {path}")
+    if report.interrupted:
+        return 130
+    return 0 if report.ok else 1
 
 
 @contextlib.asynccontextmanager

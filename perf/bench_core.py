@@ -43,18 +43,16 @@ from benchlib import (
     ResourceWatch,
     Server,
     fmt,
-    free_port,
     machine,
     percentile,
     run_ab,
     running,
-    spawn,
     start_archive,
     start_ferretdb,
-    wait_http_ok,
 )
 from bson import ObjectId
 from corpus import Corpus, CorpusParams, ensure_corpus
+from orthanc_server import orthanc_versions, start_orthanc
 from pymongo import MongoClient
 
 DICOM_ACCEPT = 'multipart/related; type="application/dicom"; transfer-syntax=*'
@@ -631,54 +629,6 @@ def ceiling_measure(plan: Plan, ferretdb: Server, template: dict[str, Any]) -> d
 
 
 # ---- Orthanc side by side (--with-orthanc) ----------------------------------------------
-def orthanc_plugin() -> str:
-    listing = subprocess.run(["dpkg", "-L", "orthanc-dicomweb"], capture_output=True, text=True)
-    for line in listing.stdout.splitlines():
-        if line.endswith(".so") and "DicomWeb" in line:
-            return line
-    raise RuntimeError(
-        "orthanc-dicomweb is not installed: scripts/install-system-deps.sh orthanc orthanc-dicomweb"
-    )
-
-
-def start_orthanc(work: Path) -> Server:
-    """Orthanc on a free port: HTTP only, no DICOM port, loopback clients only, no auth."""
-    work.mkdir(parents=True, exist_ok=True)
-    port = free_port()
-    config = {
-        "Name": "cloudpacs-perf",
-        "StorageDirectory": str(work / "storage"),
-        "IndexDirectory": str(work / "index"),
-        "HttpPort": port,
-        "HttpServerEnabled": True,
-        "DicomServerEnabled": False,
-        "RemoteAccessAllowed": False,
-        "AuthenticationEnabled": False,
-        "HttpThreadsCount": 128,  # default 50: enough for the 64-client QIDO level
-        "StorageCompression": False,
-        "SaveJobs": False,
-        "Plugins": [orthanc_plugin()],
-        "DicomWeb": {"Enable": True, "Root": "/dicom-web/"},
-    }
-    path = work / "orthanc.json"
-    path.write_text(json.dumps(config, indent=2))
-    server = spawn("orthanc", ["Orthanc", str(path)], port, work / "orthanc.log")
-    try:
-        wait_http_ok(f"{server.base}/system", 60, server.proc)
-    except BaseException:
-        server.stop()
-        raise
-    return server
-
-
-def orthanc_versions(server: Server) -> dict[str, str]:
-    system = json.loads(urllib.request.urlopen(f"{server.base}/system", timeout=10).read())
-    plugin = json.loads(
-        urllib.request.urlopen(f"{server.base}/plugins/dicom-web", timeout=10).read()
-    )
-    return {"orthanc": system.get("Version", "?"), "dicomweb_plugin": plugin.get("Version", "?")}
-
-
 def orthanc_stow(ctx: Context) -> list[dict[str, Any]]:
     files = ctx.corpus.files[: ctx.plan.stow_instances]
     levels = []

@@ -103,6 +103,7 @@ AUDIT_INDEXES = [
 UPLOAD_INDEXES = [IndexModel([("started_at", ASCENDING)])]
 FILES_INDEXES = [IndexModel([("filename", ASCENDING), ("uploadDate", ASCENDING)])]
 CHUNKS_INDEXES = [IndexModel([("files_id", ASCENDING), ("n", ASCENDING)], unique=True)]
+CHECKPOINT_INDEXES = [IndexModel([("job", ASCENDING)], sparse=True)]
 REJECTION_INDEXES = [
     IndexModel([("at", ASCENDING)]),
     IndexModel([("reason_code", ASCENDING), ("at", ASCENDING)]),
@@ -135,6 +136,7 @@ async def init_schema(database: Database) -> list[str]:
             (STUDIES, STUDY_INDEXES),
             (UPLOADS, UPLOAD_INDEXES),
             (REJECTIONS, REJECTION_INDEXES),
+            (CHECKPOINTS, CHECKPOINT_INDEXES),
             (TOKENS, TOKEN_INDEXES),
             (AUDIT, AUDIT_INDEXES),
             (f"{FILES_BUCKET}.files", FILES_INDEXES),
