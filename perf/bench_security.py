@@ -38,7 +38,7 @@ from benchlib import (
     run_ab,
     spawn,
     start_ferretdb,
-    wait_http_ok,
+    when_ready,
 )
 from corpus import CorpusParams, ensure_corpus
 
@@ -56,12 +56,7 @@ def start_serve(mode: str, code: Path, home: Path, uri: str, database: str) -> S
     if mode == "secured":
         env["CLOUDPACS_AUTH_REQUIRED"] = "true"
     server = spawn(f"cloudpacs-{mode}", argv, port, home / "serve.log", env)
-    try:
-        wait_http_ok(f"{server.base}/readyz", 60, server.proc)
-    except BaseException:
-        server.stop()
-        raise
-    return server
+    return when_ready(server)
 
 
 def create_token(uri: str, database: str, home: Path) -> str:

@@ -160,8 +160,13 @@ def start_cloudpacs(
         {**clean, **env} if mongo_uri is None else env,
         inherit=mongo_uri is not None,
     )
+    return when_ready(server)
+
+
+def when_ready(server: Server, path: str = "/readyz", timeout: float = 60) -> Server:
+    """The server once `path` answers 200; stopped (by PID) if it never does."""
     try:
-        wait_http_ok(f"{server.base}/readyz", 60, server.proc)
+        wait_http_ok(f"{server.base}{path}", timeout, server.proc)
     except BaseException:
         server.stop()
         raise
