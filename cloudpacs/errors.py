@@ -16,6 +16,8 @@
 The only error-to-status table is in cloudpacs.http.middleware.
 """
 
+from __future__ import annotations
+
 
 class CloudPacsError(Exception):
     """Base of every error cloudpacs raises on purpose."""
@@ -56,6 +58,10 @@ class Rejected(CloudPacsError):
         super().__init__(message)
         self.sop_uid = sop_uid
         self.sop_class_uid = sop_class_uid
+
+    def __reduce__(self) -> tuple[type[Rejected], tuple[str, str | None, str | None]]:
+        # crosses the process boundary from the parser workers with its UIDs intact
+        return type(self), (str(self), self.sop_uid, self.sop_class_uid)
 
 
 class InvalidDicom(Rejected):

@@ -16,6 +16,7 @@ from cloudpacs.embedded import EmbeddedFerretDB, add_id_lookup_indexes
 from cloudpacs.http.services import Services
 from cloudpacs.ingest import Ingestor
 from cloudpacs.metrics import Metrics
+from cloudpacs.parsing import Parser, parser_for
 from cloudpacs.retrieve import RetrieveService
 from cloudpacs.search import SearchService
 from cloudpacs.storage.database import Database, open_database
@@ -34,6 +35,7 @@ class Runtime:
     ingestor: Ingestor
     metrics: Metrics
     schema_notes: list[str]
+    parser: Parser
 
     def services(self) -> Services:
         return Services(
@@ -47,11 +49,18 @@ class Runtime:
 
 
 def build_runtime(
-    settings: Settings, database: Database, metrics: Metrics, notes: list[str]
+    settings: Settings,
+    database: Database,
+    metrics: Metrics,
+    notes: list[str],
+    parser: Parser | None = None,
 ) -> Runtime:
+    """The services over one database; `parser` (default: from the settings) is the
+    caller's to close, and open_runtime closes the one it makes."""
     store = InstanceStore(database)
-    ingestor = Ingestor(store, metrics, settings.conflict_policy, settings.max_upload_bytes)
-    return Runtime(settings, database, store, ingestor, metrics, notes)
+    parser = parser or parser_for(settings)
+    ingestor = Ingestor(store, metrics, settings.conflict_policy, parser)
+    return Runtime(settings, database, store, ingestor, metrics, notes, parser)
 
 
 @contextlib.asynccontextmanager
@@ -75,6 +84,7 @@ async def open_runtime(
                 add_id_lookup_indexes, settings.embedded_db_dir, settings.database
             )
         runtime = build_runtime(settings, database, Metrics(), notes)
+        stack.push_async_callback(runtime.parser.close)
         if sweep_periodically:
             task = asyncio.create_task(_sweep_forever(runtime))
             stack.push_async_callback(_cancel, task)

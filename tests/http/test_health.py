@@ -35,6 +35,7 @@ async def dead_client(settings: Settings) -> AsyncIterator[TestClient]:  # type:
     runtime = build_runtime(dead, database, Metrics(), [])
     async with TestClient(TestServer(create_app(runtime.services()), host="127.0.0.1")) as c:
         yield c
+    await runtime.parser.close()
     await database.close()
 
 
