@@ -12,6 +12,11 @@
         Conflict        same SOP Instance UID, different bytes, and the policy keeps the first
         WrongStudy      STOW-RS to /studies/{study} of an instance of another study
       Unavailable       -> 503; the database is unreachable; ingest retries and keeps the source
+        Overloaded      -> 503; more concurrent STOW-RS requests than max_concurrent_uploads
+        RequestTimedOut -> 503; a handler passed request_timeout_seconds before answering
+
+HTTP error bodies carry the message of 4xx errors and of Overloaded/RequestTimedOut only;
+other 5xx messages (which may name hosts or library errors) go to the log.
 
 The only error-to-status table is in cloudpacs.http.middleware.
 """
@@ -77,4 +82,13 @@ class WrongStudy(Rejected):
 
 
 class Unavailable(CloudPacsError):
-    pass
+    # whether the message is fit for a client (else it stays in the log)
+    public = False
+
+
+class Overloaded(Unavailable):
+    public = True
+
+
+class RequestTimedOut(Unavailable):
+    public = True
