@@ -43,7 +43,7 @@ class Settings:
     # parses in-process, without the time and memory limits)
     max_stow_parts: int = 1000
     max_concurrent_uploads: int = 16
-    request_timeout_seconds: float = 300.0
+    request_timeout_seconds: float = 600.0
     parse_workers: int = 2
     parse_timeout_seconds: float = 60.0
     parse_memory_bytes: int = 2 * 1024**3
