@@ -174,18 +174,19 @@ def multipart_bodies(draw: st.DrawFn) -> tuple[bytes, str]:
     body = b"".join(parts) + closing.encode("latin-1")
     if draw(st.booleans()):
         body = draw(st.sampled_from((b"", b"preamble\r\n", b"\r\n"))) + body
-    if draw(st.integers(0, 3)) == 0:
+    if draw(st.integers(0, 5)) == 0:
         body = body[: draw(st.integers(0, len(body)))]
-    if draw(st.integers(0, 3)) == 0 and body:
+    if draw(st.integers(0, 5)) == 0 and body:
         pos = draw(st.integers(0, len(body) - 1))
         body = body[:pos] + bytes([draw(st.integers(0, 255))]) + body[pos + 1 :]
     quoted = draw(st.booleans())
-    declared = draw(st.one_of(st.just(boundary), boundaries()))
+    declared = boundary if draw(st.integers(0, 4)) else draw(boundaries())
     param = f'"{declared}"' if quoted else declared
+    if draw(st.integers(0, 2)):
+        return body, f'multipart/related; type="application/dicom"; boundary={param}'
     content_type = draw(
         st.sampled_from(
             (
-                f'multipart/related; type="application/dicom"; boundary={param}',
                 f"multipart/related; boundary={param}",
                 f'multipart/related; type="application/dicom"; boundary={param}; start=x',
                 'multipart/related; type="application/dicom"',

@@ -11,7 +11,7 @@ from datetime import timedelta
 from pathlib import Path
 
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, event, given, settings
 
 from cloudpacs.dicom.parse import parse_file
 from cloudpacs.errors import InvalidDicom
@@ -70,6 +70,7 @@ async def test_stow_of_mutated_files_is_never_5xx(
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         status, _ = await post(client, [("application/dicom", data)])
+    event(f"status {status}")  # shown by --hypothesis-show-statistics
     assert status in (200, 409), status
     await assert_consistent(runtime)
 
@@ -86,6 +87,7 @@ async def test_multipart_bodies_are_never_5xx(
             "/dicomweb/studies", data=body, headers={"Content-Type": content_type}
         )
         text = await response.text()
+    event(f"status {response.status}")
     assert response.status < 500, (response.status, text)
     assert "Traceback" not in text
     await assert_consistent(runtime)
