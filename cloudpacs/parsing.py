@@ -66,23 +66,32 @@ class ProcessParser:
         self.max_bytes = max_bytes
         self.target = target
         self._pool: ProcessPool | None = None
+        self._starting = asyncio.Lock()
 
-    def _started(self) -> ProcessPool:
-        if self._pool is None or not self._pool.active:
-            # forkserver: workers (and their replacements) are forked from a clean,
-            # single-threaded server process, never from the threaded event-loop process.
-            context = multiprocessing.get_context("forkserver")
-            context.set_forkserver_preload(["cloudpacs.parsing"])
-            self._pool = ProcessPool(
-                max_workers=self.workers,
-                initializer=limit_memory,
-                initargs=(self.memory_bytes,),
-                context=context,
-            )
-        return self._pool
+    async def _started(self) -> ProcessPool:
+        async with self._starting:
+            if self._pool is None or not self._pool.active:
+                # starting the forkserver and the workers blocks: not on the event loop
+                self._pool = await asyncio.to_thread(self._start)
+            return self._pool
+
+    def _start(self) -> ProcessPool:
+        # forkserver: workers (and their replacements) are forked from a clean,
+        # single-threaded server process, never from the threaded event-loop process.
+        context = multiprocessing.get_context("forkserver")
+        context.set_forkserver_preload(["cloudpacs.parsing"])
+        pool = ProcessPool(
+            max_workers=self.workers,
+            initializer=limit_memory,
+            initargs=(self.memory_bytes,),
+            context=context,
+        )
+        pool.schedule(limit_memory, args=(None,)).result()  # the workers are up
+        return pool
 
     async def parse(self, path: Path) -> ParsedInstance:
-        future = self._started().schedule(
+        pool = await self._started()
+        future = pool.schedule(
             self.target, args=(path, self.max_bytes), timeout=self.timeout_seconds
         )
         try:
