@@ -113,10 +113,8 @@ class ProcessParser:
         except ProcessExpired as exc:
             # killed by the kernel (e.g. its memory cap hit inside C code) or crashed
             raise InvalidDicom(f"parser process died (exit code {exc.exitcode})") from None
-        except Exception:
-            # A parser bug on hostile input: reject the file, keep the traceback in the log.
-            log.exception("parse.failed", extra={"path": str(path)})
-            raise InvalidDicom("unreadable DICOM (the parser failed on this file)") from None
+        # Anything else (e.g. the path is a folder) comes through as it would from a thread:
+        # callers treat it as an internal error (retried, then set aside; HTTP 500).
 
     def _limit_text(self) -> str:
         return f"{self.memory_bytes // MIB} MiB" if self.memory_bytes else "no cap"
