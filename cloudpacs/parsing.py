@@ -30,6 +30,8 @@ MIB = 1024 * 1024
 
 
 class Parser(Protocol):
+    async def start(self) -> None: ...
+
     async def parse(self, path: Path) -> ParsedInstance: ...
 
     async def close(self) -> None: ...
@@ -41,6 +43,9 @@ class ThreadParser:
     def __init__(self, max_bytes: int | None = None, target: ParseFunction = parse_file) -> None:
         self.max_bytes = max_bytes
         self.target = target
+
+    async def start(self) -> None:
+        pass
 
     async def parse(self, path: Path) -> ParsedInstance:
         return await asyncio.to_thread(self.target, path, self.max_bytes)
@@ -67,6 +72,10 @@ class ProcessParser:
         self.target = target
         self._pool: ProcessPool | None = None
         self._starting = asyncio.Lock()
+
+    async def start(self) -> None:
+        """Start the workers now rather than at the first parse (which would wait ~1 s)."""
+        await self._started()
 
     async def _started(self) -> ProcessPool:
         async with self._starting:

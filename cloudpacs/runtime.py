@@ -65,9 +65,11 @@ def build_runtime(
 
 @contextlib.asynccontextmanager
 async def open_runtime(
-    settings: Settings, sweep_periodically: bool = True
+    settings: Settings, sweep_periodically: bool = True, start_parser: bool = True
 ) -> AsyncIterator[Runtime]:
-    """Start what the settings ask for; tear it down in reverse order."""
+    """Start what the settings ask for; tear it down in reverse order. The parser
+    processes start now (unless start_parser is false: nothing will be ingested), so
+    that the first ingest does not wait for them."""
     async with contextlib.AsyncExitStack() as stack:
         uri = settings.mongo_uri
         if uri is None:
@@ -85,6 +87,8 @@ async def open_runtime(
             )
         runtime = build_runtime(settings, database, Metrics(), notes)
         stack.push_async_callback(runtime.parser.close)
+        if start_parser:
+            await runtime.parser.start()
         if sweep_periodically:
             task = asyncio.create_task(_sweep_forever(runtime))
             stack.push_async_callback(_cancel, task)
