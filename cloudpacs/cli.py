@@ -178,7 +178,7 @@ def main(argv: list[str] | None = None) -> int:
 async def _dispatch(args: argparse.Namespace, settings: Settings) -> int:
     command = args.command
     if command == "db":
-        async with open_runtime(settings, sweep_periodically=False) as runtime:
+        async with open_runtime(settings, sweep_periodically=False, start_parser=False) as runtime:
             if args.action == "init":
                 notes = list(runtime.schema_notes)
                 if args.sharded:

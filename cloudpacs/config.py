@@ -45,6 +45,14 @@ class Settings:
     file_settle_seconds: float = 1.0
     drain_seconds: float = 10.0
     max_upload_bytes: int = 4 * 1024**3
+    # Hostile input: STOW-RS limits, and parsing in worker processes (parse_workers = 0
+    # parses in-process, without the time and memory limits)
+    max_stow_parts: int = 1000
+    max_concurrent_uploads: int = 16
+    request_timeout_seconds: float = 600.0
+    parse_workers: int = 2
+    parse_timeout_seconds: float = 60.0
+    parse_memory_bytes: int = 2 * 1024**3
     orphan_grace_seconds: float = 3600.0
     sweep_interval_seconds: float = 300.0
     log_level: str = "INFO"
@@ -240,6 +248,17 @@ def _validate_limits(s: Settings) -> None:
         raise ConfigError("sweep_interval_seconds must be a number of seconds > 0")
     if s.max_upload_bytes < 1:
         raise ConfigError("max_upload_bytes must be at least 1")
+    for name in ("max_stow_parts", "max_concurrent_uploads"):
+        if getattr(s, name) < 1:
+            raise ConfigError(f"{name} must be at least 1")
+    for name in ("request_timeout_seconds", "parse_timeout_seconds"):
+        if not getattr(s, name) > 0:
+            raise ConfigError(f"{name} must be a number of seconds > 0")
+    if s.parse_workers < 0:
+        raise ConfigError("parse_workers must be 0 (parse in-process) or more")
+    if s.parse_memory_bytes != 0 and s.parse_memory_bytes < 256 * 1024**2:
+        # a worker with pydicom and numpy loaded already maps ~200 MiB
+        raise ConfigError("parse_memory_bytes must be 0 (no cap) or at least 268435456")
 
 
 def _validate(s: Settings) -> None:

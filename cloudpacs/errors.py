@@ -15,9 +15,16 @@
       Unauthenticated -> 401; no credential, or one that is invalid, expired or revoked
       Forbidden       -> 403; a valid credential without the role, or a refused address
       Unavailable       -> 503; the database is unreachable; ingest retries and keeps the source
+        Overloaded      -> 503; more concurrent STOW-RS requests than max_concurrent_uploads
+        RequestTimedOut -> 503; a handler passed request_timeout_seconds before answering
+
+HTTP error bodies carry the message of 4xx errors and of Overloaded/RequestTimedOut only;
+other 5xx messages (which may name hosts or library errors) go to the log.
 
 The only error-to-status table is in cloudpacs.http.middleware.
 """
+
+from __future__ import annotations
 
 
 class CloudPacsError(Exception):
@@ -60,6 +67,10 @@ class Rejected(CloudPacsError):
         self.sop_uid = sop_uid
         self.sop_class_uid = sop_class_uid
 
+    def __reduce__(self) -> tuple[type[Rejected], tuple[str, str | None, str | None]]:
+        # crosses the process boundary from the parser workers with its UIDs intact
+        return type(self), (str(self), self.sop_uid, self.sop_class_uid)
+
 
 class InvalidDicom(Rejected):
     reason = "invalid-dicom"
@@ -86,4 +97,13 @@ class Forbidden(CloudPacsError):
 
 
 class Unavailable(CloudPacsError):
-    pass
+    # whether the message is fit for a client (else it stays in the log)
+    public = False
+
+
+class Overloaded(Unavailable):
+    public = True
+
+
+class RequestTimedOut(Unavailable):
+    public = True

@@ -7,7 +7,6 @@ Transient failures raise Unavailable: the caller keeps its source and retries la
 
 from __future__ import annotations
 
-import asyncio
 import json
 import logging
 import time
@@ -19,9 +18,10 @@ from typing import Any
 from bson import ObjectId
 
 from cloudpacs.audit import AuditLog
-from cloudpacs.dicom.parse import ParsedInstance, parse_file
+from cloudpacs.dicom.parse import ParsedInstance
 from cloudpacs.errors import Conflict, Rejected, WrongProject, WrongStudy
 from cloudpacs.metrics import Metrics
+from cloudpacs.parsing import Parser, ThreadParser
 from cloudpacs.storage import documents
 from cloudpacs.storage.instances import AlreadyStored, InstanceStore, utcnow
 
@@ -68,14 +68,14 @@ class Ingestor:
         store: InstanceStore,
         metrics: Metrics,
         conflict_policy: str = "keep-first",
-        max_bytes: int | None = None,
+        parser: Parser | None = None,
         default_project: str = "default",
         audit: AuditLog | None = None,
     ) -> None:
         self.store = store
         self.metrics = metrics
         self.conflict_policy = conflict_policy
-        self.max_bytes = max_bytes
+        self.parser = parser or ThreadParser()
         self.default_project = default_project
         self.audit = audit
 
@@ -157,7 +157,7 @@ class Ingestor:
         )
 
     async def _ingest(self, path: Path, source: Source, expected_study: str | None) -> IngestResult:
-        parsed = await asyncio.to_thread(parse_file, path, self.max_bytes)
+        parsed = await self.parser.parse(path)
         if expected_study is not None and parsed.study_uid != expected_study:
             raise WrongStudy(
                 f"instance {parsed.sop_uid} belongs to study {parsed.study_uid}, "

@@ -22,6 +22,7 @@ from cloudpacs.embedded import EmbeddedFerretDB, add_id_lookup_indexes
 from cloudpacs.http.services import Services
 from cloudpacs.ingest import Ingestor
 from cloudpacs.metrics import Metrics
+from cloudpacs.parsing import Parser, parser_for
 from cloudpacs.retrieve import RetrieveService
 from cloudpacs.search import SearchService
 from cloudpacs.storage.audit import AuditStore
@@ -44,6 +45,7 @@ class Runtime:
     schema_notes: list[str]
     audit: AuditLog
     tokens: TokenService
+    parser: Parser
 
     def services(self) -> Services:
         settings = self.settings
@@ -77,29 +79,33 @@ def _jwt(settings: Settings) -> JwtVerifier | None:
 
 
 def build_runtime(
-    settings: Settings, database: Database, metrics: Metrics, notes: list[str]
+    settings: Settings,
+    database: Database,
+    metrics: Metrics,
+    notes: list[str],
+    parser: Parser | None = None,
 ) -> Runtime:
+    """The services over one database; `parser` (default: from the settings) is the
+    caller's to close, and open_runtime closes the one it makes."""
     store = InstanceStore(database)
+    parser = parser or parser_for(settings)
     audit = AuditLog(
         AuditStore(database), metrics, settings.audit_flush_seconds, settings.audit_buffer_limit
     )
     ingestor = Ingestor(
-        store,
-        metrics,
-        settings.conflict_policy,
-        settings.max_upload_bytes,
-        settings.default_project,
-        audit,
+        store, metrics, settings.conflict_policy, parser, settings.default_project, audit
     )
     tokens = TokenService(TokenStore(database), settings.token_cache_seconds)
-    return Runtime(settings, database, store, ingestor, metrics, notes, audit, tokens)
+    return Runtime(settings, database, store, ingestor, metrics, notes, audit, tokens, parser)
 
 
 @contextlib.asynccontextmanager
 async def open_runtime(
-    settings: Settings, sweep_periodically: bool = True
+    settings: Settings, sweep_periodically: bool = True, start_parser: bool = True
 ) -> AsyncIterator[Runtime]:
-    """Start what the settings ask for; tear it down in reverse order."""
+    """Start what the settings ask for; tear it down in reverse order. The parser
+    processes start now (unless start_parser is false: nothing will be ingested), so
+    that the first ingest does not wait for them."""
     async with contextlib.AsyncExitStack() as stack:
         uri = settings.mongo_uri
         if uri is None:
@@ -119,6 +125,9 @@ async def open_runtime(
         runtime = build_runtime(settings, database, Metrics(), notes)
         runtime.audit.start()
         stack.push_async_callback(runtime.audit.close)
+        stack.push_async_callback(runtime.parser.close)
+        if start_parser:
+            await runtime.parser.start()
         if sweep_periodically:
             task = asyncio.create_task(_sweep_forever(runtime))
             stack.push_async_callback(_cancel, task)

@@ -4,7 +4,9 @@
    it (on-CPU Python stacks, 100 Hz); /proc gives the CPU split cloudpacs vs FerretDB.
 2. Stage timing: the same Ingestor, in this process, imports a subset one file at a time
    (concurrency 1, so the stages add up to the wall time) with every pymongo command timed
-   by a CommandListener and parse_file and the store's steps wrapped.
+   by a CommandListener and the parse (in a parser process) and the store's steps wrapped.
+   py-spy samples the server only: with parse_workers > 0 the parse runs in child processes
+   (sample them with `py-spy record --subprocesses`, or set CLOUDPACS_PARSE_WORKERS=0).
 
     .venv/bin/pip install py-spy
     .venv/bin/python perf/profile_ingest.py [--instances 1200] [--staged 300]
@@ -34,10 +36,10 @@ from benchlib import OUT, REPO, VENV_BIN, ResourceWatch, start_archive, start_fe
 from corpus import CorpusParams, ensure_corpus
 from pymongo import MongoClient, monitoring
 
-import cloudpacs.ingest as ingest_module
 from cloudpacs.config import Settings
 from cloudpacs.embedded import add_id_lookup_indexes
 from cloudpacs.importer import import_paths
+from cloudpacs.parsing import ProcessParser
 from cloudpacs.runtime import open_runtime
 from cloudpacs.storage.instances import InstanceStore
 
@@ -276,9 +278,8 @@ STORE_STEPS = ("existing", "upload_file", "insert", "settle_uploads", "apply_rol
 
 
 def instrument(stages: StageTimer) -> None:
-    module = vars(ingest_module)  # the Ingestor calls the parse_file it imported
-    module["parse_file"] = stages.wrap_sync(
-        "parse_file (sha256 + dcmread + JSON)", module["parse_file"]
+    ProcessParser.parse = stages.wrap_async(  # type: ignore[method-assign]
+        "parse (worker process: sha256 + dcmread + JSON)", ProcessParser.parse
     )
     for step in STORE_STEPS:
         setattr(

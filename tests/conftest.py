@@ -114,7 +114,9 @@ async def runtime(settings: Settings, ferretdb: FerretServer) -> AsyncIterator[R
     database = open_database(settings.mongo_uri, settings.database)
     notes = await init_schema(database)
     add_id_lookup_indexes(ferretdb.data_dir, settings.database)
-    yield build_runtime(settings, database, Metrics(), notes)
+    runtime = build_runtime(settings, database, Metrics(), notes)
+    yield runtime
+    await runtime.parser.close()
     await database.client.drop_database(settings.database)
     await database.close()
 

@@ -179,6 +179,7 @@ async def test_unreachable_database_is_unavailable(tmp_path: Path, settings: Set
         with pytest.raises(Unavailable):
             await runtime.ingestor.ingest(tmp_path / "a.dcm", SOURCE)
     finally:
+        await runtime.parser.close()
         await database.close()
 
 

@@ -13,7 +13,10 @@ from typing import Any
 from pydicom.datadict import dictionary_VR
 from pydicom.dataelem import DataElement, RawDataElement
 from pydicom.dataset import Dataset
+from pydicom.errors import BytesLengthException
 from pydicom.tag import BaseTag
+
+from cloudpacs.errors import InvalidDicom
 
 # Values of these VRs longer than the threshold become BulkDataURIs (PS3.18 F.2.7).
 BULK_VRS = frozenset({"OB", "OD", "OF", "OL", "OV", "OW", "UN"})
@@ -21,8 +24,13 @@ BULK_THRESHOLD_BYTES = 1024
 PIXEL_DATA = 0x7FE00010
 UNDEFINED_LENGTH = 0xFFFFFFFF
 UNKNOWN_OFFSET = -1  # a bulk value whose position in the file is not known
+# Each sequence level is three levels of the stored document (element, Value, item), and
+# MongoDB refuses documents nested deeper than 100 (FerretDB does not); real instances
+# nest a handful.
+MAX_SEQUENCE_DEPTH = 24
 
-# pydicom raises any of these on malformed element values of untrusted input.
+# pydicom raises any of these on malformed element values of untrusted input (OSError and
+# EOFError: a sequence whose items run past the end of its value, read lazily).
 VALUE_ERRORS = (
     ValueError,
     TypeError,
@@ -33,6 +41,9 @@ VALUE_ERRORS = (
     NotImplementedError,
     AttributeError,
     struct.error,
+    BytesLengthException,
+    EOFError,
+    OSError,
 )
 
 
@@ -64,6 +75,8 @@ def dataset_to_json(ds: Dataset) -> JsonResult:
 
 def _walk(ds: Dataset, prefix: str, result: JsonResult, base: int | None = 0) -> dict[str, Any]:
     """`base`: where the value holding `ds` starts in the file (None: not known)."""
+    if prefix.count("/") // 2 > MAX_SEQUENCE_DEPTH:
+        raise InvalidDicom(f"sequences are nested deeper than {MAX_SEQUENCE_DEPTH} levels")
     out: dict[str, Any] = {}
     for tag in sorted(ds.keys()):
         if tag.group == 0x0002:
@@ -73,7 +86,7 @@ def _walk(ds: Dataset, prefix: str, result: JsonResult, base: int | None = 0) ->
         try:
             out[key] = _element_json(ds, tag, path, result, base)
         except VALUE_ERRORS as exc:
-            result.warnings.append(f"{key}: value not decodable ({type(exc).__name__})")
+            result.warnings.append(f"{key}: value not decodable ({exc})"[:200])
             out[key] = {"vr": _vr_of(ds.get_item(tag, keep_deferred=True), tag) or "UN"}
     return out
 

@@ -7,6 +7,7 @@ every other attribute is kept as it comes.
 from __future__ import annotations
 
 import hashlib
+import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -32,6 +33,7 @@ HASH_CHUNK_BYTES = 1024 * 1024
 UNKNOWN_OFFSET = -1  # bulk value whose position in the file is not known (deflated)
 # Values larger than this are not read into memory while parsing (see jsonmodel).
 DEFER_SIZE_BYTES = 1024
+TOO_DEEP = "sequences are nested too deeply to read"
 
 REQUIRED_UIDS = (
     ("StudyInstanceUID", "study"),
@@ -78,9 +80,20 @@ def parse_file(path: Path, max_bytes: int | None = None) -> ParsedInstance:
     if max_bytes is not None and size > max_bytes:
         raise InvalidDicom(f"file is {size} bytes, over the {max_bytes}-byte limit")
     digest, size = sha256_of(path)
+    try:
+        return _parse(path, digest, size)
+    except RecursionError:
+        # pydicom reads sequences (and we walk them) recursively
+        raise InvalidDicom(TOO_DEEP) from None
+
+
+def _parse(path: Path, digest: str, size: int) -> ParsedInstance:
     ds = _read(path)
     uids = _validated_uids(ds)
-    transfer_syntax = str(ds.file_meta.get("TransferSyntaxUID", "") or "")
+    try:
+        transfer_syntax = str(ds.file_meta.get("TransferSyntaxUID", "") or "")
+    except VALUE_ERRORS as exc:
+        raise InvalidDicom(f"TransferSyntaxUID (0002,0010) is unreadable: {exc}"[:300]) from exc
     if problem := uid_problem(transfer_syntax):
         raise InvalidDicom(f"TransferSyntaxUID (0002,0010) {problem}")
     json_result = dataset_to_json(ds)
@@ -115,8 +128,8 @@ def _read(path: Path) -> pydicom.Dataset:
             "not a DICOM Part 10 file: no 'DICM' prefix after the 128-byte preamble "
             "or no File Meta Information"
         ) from exc
-    except (EOFError, OSError, *VALUE_ERRORS) as exc:
-        raise InvalidDicom(f"unreadable DICOM ({type(exc).__name__}: {exc})"[:300]) from exc
+    except (zlib.error, *VALUE_ERRORS) as exc:  # zlib: a broken deflated dataset
+        raise InvalidDicom(f"unreadable DICOM: {exc}"[:300]) from exc
 
 
 def _validated_uids(ds: pydicom.Dataset) -> dict[str, str]:
@@ -125,7 +138,7 @@ def _validated_uids(ds: pydicom.Dataset) -> dict[str, str]:
         try:
             value = ds.get(keyword)
         except VALUE_ERRORS as exc:
-            raise InvalidDicom(f"{keyword} is unreadable ({type(exc).__name__})") from exc
+            raise InvalidDicom(f"{keyword} is unreadable: {exc}"[:300]) from exc
         value = str(value).strip("\x00 ") if value is not None else None
         if problem := uid_problem(value):
             raise InvalidDicom(f"{keyword} {problem}")

@@ -1,16 +1,20 @@
 """STOW-RS: store instances sent as multipart/related application/dicom (PS3.18 10.5).
 
 The whole body is received first, each part streamed to a temporary file (the request is
-refused with 413, storing nothing, once it passes max_upload_bytes); then every part is
-handed to the same ingest as every source.
+refused with 413, storing nothing, once it passes max_upload_bytes or max_stow_parts); then
+every part is handed to the same ingest as every source. At most max_concurrent_uploads
+requests are served at once; more are refused at once with 503 and Retry-After, before
+their body is read.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import shutil
 import tempfile
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -20,7 +24,13 @@ from aiohttp.helpers import parse_mimetype
 from aiohttp.http_exceptions import HttpProcessingError
 
 from cloudpacs.auth.principal import Role
-from cloudpacs.errors import Forbidden, InvalidRequest, PayloadTooLarge, UnsupportedMedia
+from cloudpacs.errors import (
+    Forbidden,
+    InvalidRequest,
+    Overloaded,
+    PayloadTooLarge,
+    UnsupportedMedia,
+)
 from cloudpacs.http.access import CLIENT, principal
 from cloudpacs.http.media import DICOM_JSON
 from cloudpacs.http.services import base_url, services
@@ -43,6 +53,30 @@ class ReceivedPart:
     media_type: str
 
 
+class UploadSlots:
+    """A count of STOW-RS requests in progress that refuses, rather than queues, one too
+    many: a queued upload would hold its connection (and its body) while it waits."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.in_use = 0
+
+    @contextlib.contextmanager
+    def take(self) -> Iterator[None]:
+        if self.in_use >= self.limit:
+            raise Overloaded(
+                f"too many uploads in progress (max_concurrent_uploads = {self.limit}); retry later"
+            )
+        self.in_use += 1
+        try:
+            yield
+        finally:
+            self.in_use -= 1
+
+
+UPLOAD_SLOTS = web.AppKey("upload_slots", UploadSlots)
+
+
 async def store(request: web.Request) -> web.Response:
     _check_content_type(request.headers.get("Content-Type", ""))
     svc = services(request)
@@ -50,11 +84,17 @@ async def store(request: web.Request) -> web.Response:
     limit = svc.settings.max_upload_bytes
     if request.content_length is not None and request.content_length > limit:
         raise PayloadTooLarge(TOO_LARGE)
+    with request.app[UPLOAD_SLOTS].take():
+        return await _store(request, limit, source)
+
+
+async def _store(request: web.Request, limit: int, source: Source) -> web.Response:
+    svc = services(request)
     tmp_root = svc.settings.home / "tmp"
     await asyncio.to_thread(tmp_root.mkdir, parents=True, exist_ok=True)
     folder = Path(await asyncio.to_thread(tempfile.mkdtemp, dir=tmp_root))
     try:
-        parts = await _receive(request, folder, limit)
+        parts = await _receive(request, folder, limit, svc.settings.max_stow_parts)
         if not parts:
             raise InvalidRequest("the multipart body has no parts")
         expected_study = request.match_info.get("study")
@@ -87,7 +127,9 @@ def _check_content_type(header: str) -> None:
         raise UnsupportedMedia(f'STOW-RS takes multipart/related; type="{DICOM}"')
 
 
-async def _receive(request: web.Request, folder: Path, limit: int) -> list[ReceivedPart]:
+async def _receive(
+    request: web.Request, folder: Path, limit: int, max_parts: int
+) -> list[ReceivedPart]:
     """Every part of the body, each in its own file under `folder`."""
     received: list[ReceivedPart] = []
     total = 0
@@ -96,6 +138,10 @@ async def _receive(request: web.Request, folder: Path, limit: int) -> list[Recei
         while (part := await reader.next()) is not None:
             if not isinstance(part, BodyPartReader):
                 raise InvalidRequest("nested multipart bodies are not supported")
+            if len(received) == max_parts:
+                raise PayloadTooLarge(
+                    f"the multipart body has more than {max_parts} parts (max_stow_parts)"
+                )
             media_type = part.headers.get("Content-Type", DICOM).split(";")[0].strip().lower()
             path = folder / f"{len(received)}.dcm"
             total += await _save_part(part, path, limit - total)

@@ -35,6 +35,7 @@ async def dead_client(settings: Settings) -> AsyncIterator[TestClient]:  # type:
     runtime = build_runtime(dead, database, Metrics(), [])
     async with TestClient(TestServer(create_app(runtime.services()), host="127.0.0.1")) as c:
         yield c
+    await runtime.parser.close()
     await database.close()
 
 
@@ -47,6 +48,7 @@ async def test_readyz_is_503_without_database(dead_client: TestClient) -> None: 
     assert search.status == 503
     assert search.headers["Retry-After"]
     assert "Traceback" not in await search.text()
+    assert "127.0.0.1" not in await search.text()  # the detail is in the log only
 
 
 async def test_metrics_exposition(runtime: Runtime, client: Any, tmp_path: Path) -> None:

@@ -133,6 +133,7 @@ async def archive(
     """A fresh archive (own database) served over HTTP; dropped on exit."""
     assert settings.mongo_uri is not None
     database = open_database(settings.mongo_uri, settings.database)
+    runtime: Runtime | None = None
     try:
         runtime = build_runtime(settings, database, Metrics(), await init_schema(database))
         server = TestServer(create_app(runtime.services()), host="127.0.0.1")
@@ -140,6 +141,8 @@ async def archive(
         async with TestClient(server, timeout=ClientTimeout(total=30)) as client:
             yield runtime, client
     finally:
+        if runtime is not None:
+            await runtime.parser.close()
         await database.client.drop_database(settings.database)
         await database.close()
 

@@ -364,6 +364,7 @@ async def test_a_lost_insert_reply_never_costs_the_stored_file(
             "fs.chunks": 1,
         }
     finally:
+        await proxied.parser.close()
         await database.close()
         await proxy.stop()
 
