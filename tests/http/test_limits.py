@@ -13,6 +13,7 @@ from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 
 from cloudpacs.errors import InvalidDicom
+from cloudpacs.http.access import RULES, Rule
 from cloudpacs.http.app import MAX_FIELD_SIZE, MAX_LINE_SIZE, create_app
 from cloudpacs.http.stow import UPLOAD_SLOTS
 from cloudpacs.ingest import Source
@@ -138,6 +139,7 @@ async def test_a_slow_handler_gets_a_clear_503(runtime: Runtime) -> None:
         return web.Response()
 
     app.router.add_get("/slow", slow)
+    app[RULES][slow] = Rule("test")  # deny by default: a route needs its rule
     async with TestClient(TestServer(app, host="127.0.0.1")) as client:
         response = await client.get("/slow")
         assert response.status == 503
@@ -159,6 +161,7 @@ async def test_internal_errors_are_opaque(runtime: Runtime) -> None:
 
     app.router.add_get("/broken", broken)
     app.router.add_get("/broken-dicom", broken_dicom)
+    app[RULES].update({broken: Rule("test"), broken_dicom: Rule("test")})
     async with TestClient(TestServer(app, host="127.0.0.1")) as client:
         for url in ("/broken", "/broken-dicom"):
             response = await client.get(url)
