@@ -33,6 +33,7 @@ from benchlib import (
     REPO,
     VENV_BIN,
     Server,
+    cpu_seconds,
     free_port,
     machine,
     run_ab,
@@ -103,9 +104,21 @@ async def stow(url: str, files: list[Path], clients: int, headers: dict[str, str
     return len(files) / seconds
 
 
+def cpu_ms_per(pids: list[int], requests: int, before: float) -> float:
+    """CPU milliseconds (cloudpacs + FerretDB) per request since `before`: unlike
+    throughput, barely moved by other load on the machine."""
+    return round(1000 * (sum(cpu_seconds(p) for p in pids) - before) / max(requests, 1), 2)
+
+
 def one_round(
-    mode: str, ferret_uri: str, files: list[Path], work: Path, args: Any, baseline: Path
+    mode: str,
+    ferret: Server,
+    files: list[Path],
+    work: Path,
+    args: Any,
+    baseline: Path,
 ) -> dict[str, Any]:
+    ferret_uri = f"mongodb://127.0.0.1:{ferret.port}/"
     database = f"bench_sec_{mode}_{uuid.uuid4().hex[:8]}"
     home = work / database
     headers: dict[str, str] = {}
@@ -114,8 +127,12 @@ def one_round(
     server = start_serve(mode, baseline if mode == "before" else REPO, home, ferret_uri, database)
     try:
         root = f"{server.base}/dicomweb"
+        pids = [server.pid, ferret.pid]
+        cpu = sum(cpu_seconds(p) for p in pids)
         rate = asyncio.run(stow(f"{root}/studies", files, 4, headers))
+        stow_cpu = cpu_ms_per(pids, len(files), cpu)
         auth = [f"{k}: {v}" for k, v in headers.items()]
+        cpu = sum(cpu_seconds(p) for p in pids)
         qido = run_ab(
             f"{root}/studies?PatientName=*",
             args.requests,
@@ -123,12 +140,14 @@ def one_round(
             work / "ab",
             headers=[f"Accept: {JSON_ACCEPT}", *auth],
         )
+        qido_cpu = cpu_ms_per(pids, qido.requests, cpu)
         request = urllib.request.Request(
             f"{root}/instances?limit=1", headers={"Accept": JSON_ACCEPT, **headers}
         )
         with urllib.request.urlopen(request, timeout=60) as answer:
             sample = json.loads(answer.read())[0]
         instance = sample["00081190"]["Value"][0]
+        cpu = sum(cpu_seconds(p) for p in pids)
         wado = run_ab(
             instance,
             args.requests,
@@ -137,11 +156,15 @@ def one_round(
             headers=[f"Accept: {DICOM_ACCEPT}", *auth],
             keepalive=False,
         )
+        wado_cpu = cpu_ms_per(pids, wado.requests, cpu)
     finally:
         server.stop()
     return {
         "mode": mode,
         "stow_instances_per_s_c4": round(rate, 2),
+        "stow_cpu_ms_per_instance": stow_cpu,
+        "qido_cpu_ms_per_request": qido_cpu,
+        "wado_cpu_ms_per_request": wado_cpu,
         "qido_rps_c16": qido.rps,
         "qido_p50_ms": qido.p50_ms,
         "qido_p99_ms": qido.p99_ms,
@@ -170,13 +193,12 @@ def main() -> int:
         capture_output=True,
     )
     ferret = start_ferretdb(work / "ferretdb")
-    uri = f"mongodb://127.0.0.1:{ferret.port}/"
     rows = []
     try:
         # ABBA: drift over the run (FerretDB's file growing, other load) cancels out
         order = ["before", "secured"] if args.quick else ["before", "secured", "secured", "before"]
         for mode in order:
-            row = one_round(mode, uri, corpus.files, work, args, baseline)
+            row = one_round(mode, ferret, corpus.files, work, args, baseline)
             print(json.dumps(row), flush=True)
             rows.append(row)
     finally:
