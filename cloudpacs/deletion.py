@@ -15,9 +15,7 @@ class DeletionService:
 
     async def delete(self, scope: Scope, sop: str | None) -> int:
         """Delete what the scope names; 404 when nothing visible matches."""
-        query = {"study": scope.study, **scope.project_filter()}
-        if scope.series:
-            query["series"] = scope.series
+        query = scope.instance_filter()
         if sop:
             query["_id"] = sop
         docs = await self.store.find("instances", query, projection=_FIELDS)

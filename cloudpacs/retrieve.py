@@ -67,10 +67,7 @@ class RetrieveService:
             if doc is not None:
                 yield doc
             return
-        query: dict[str, Any] = {"study": scope.study, **scope.project_filter()}
-        if scope.series:
-            query["series"] = scope.series
-        async for doc in self.store.iter_instances(query, projection):
+        async for doc in self.store.iter_instances(scope.instance_filter(), projection):
             yield doc
 
     async def _by_uid(

@@ -35,6 +35,15 @@ class Scope:
             return {}
         return {"project": {"$in": sorted(self.projects)}}
 
+    def instance_filter(self) -> dict[str, Any]:
+        """The instances this scope covers: its study and series, in the caller's projects."""
+        out = self.project_filter()
+        if self.study:
+            out["study"] = self.study
+        if self.series:
+            out["series"] = self.series
+        return out
+
 
 class SearchService:
     def __init__(self, store: InstanceStore) -> None:
@@ -76,7 +85,7 @@ class SearchService:
             )
             conditions.append({"study": {"$in": studies}})
         if other:
-            series = await self._distinct_instances("series", other, _scope_filter(scope))
+            series = await self._distinct_instances("series", other, scope.instance_filter())
             conditions.append({"_id": {"$in": series}})
         docs = await self.store.find(
             SERIES, _and(conditions), sort=[("_id", 1)], skip=query.offset, limit=query.limit
@@ -90,7 +99,7 @@ class SearchService:
         self, query: QidoQuery, scope: Scope, base_url: str
     ) -> list[dict[str, Any]]:
         conditions = [_on(m, INSTANCE_KEYS) for m in query.matches]
-        conditions.append(_scope_filter(scope))
+        conditions.append(scope.instance_filter())
         docs = await self.store.find(
             INSTANCES,
             _and(conditions),
@@ -121,15 +130,6 @@ def _and(conditions: list[dict[str, Any]]) -> dict[str, Any]:
     if not conditions:
         return {}
     return conditions[0] if len(conditions) == 1 else {"$and": conditions}
-
-
-def _scope_filter(scope: Scope) -> dict[str, Any]:
-    out: dict[str, Any] = scope.project_filter()
-    if scope.study:
-        out["study"] = scope.study
-    if scope.series:
-        out["series"] = scope.series
-    return out
 
 
 def _is(value: int) -> dict[str, Any]:
