@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import shutil
 import time
 from collections.abc import Callable
@@ -48,7 +49,14 @@ class FileDisposal:
 
     def failed(self, path: Path, reason: str) -> None:
         target = _move(path, self.failed_dir / self.relative(path))
-        target.with_name(target.name + ".reason.txt").write_text(reason + "\n")
+        _write_atomically(target.with_name(target.name + ".reason.txt"), reason + "\n")
+
+
+def _write_atomically(path: Path, text: str) -> None:
+    # Whoever watches the failed folder sees the reason file whole or not at all.
+    partial = path.with_name(f".{path.name}.part")
+    partial.write_text(text)
+    os.replace(partial, path)
 
 
 def _move(path: Path, target: Path) -> Path:
