@@ -67,8 +67,15 @@ class RetrieveService:
             if doc is not None:
                 yield doc
             return
-        async for doc in self.store.iter_instances(scope.instance_filter(), projection):
-            yield doc
+        assert scope.study  # every WADO-RS path names its study
+        listed = await self.store.listed_instances(scope.study, scope.series, projection)
+        if listed is None:  # no member lists for this study (yet): query instead
+            async for doc in self.store.iter_instances(scope.instance_filter(), projection):
+                yield doc
+            return
+        for doc in listed:
+            if scope.admits(doc):
+                yield doc
 
     async def _by_uid(
         self, scope: Scope, sop: str, projection: dict[str, Any]
@@ -80,12 +87,7 @@ class RetrieveService:
         docs = await self.store.find("instances", {"_id": sop}, projection=fields, limit=1)
         if not docs:
             return None
-        doc = docs[0]
-        if doc["study"] != scope.study or (scope.series and doc["series"] != scope.series):
-            return None
-        if scope.projects is not None and doc.get("project") not in scope.projects:
-            return None
-        return doc
+        return docs[0] if scope.admits(docs[0]) else None
 
     async def _list(self, scope: Scope, sop: str | None = None) -> list[dict[str, Any]]:
         docs = [doc async for doc in self._matching(scope, sop, _LIST_FIELDS)]

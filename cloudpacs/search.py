@@ -35,6 +35,17 @@ class Scope:
             return {}
         return {"project": {"$in": sorted(self.projects)}}
 
+    def may_see(self, doc: dict[str, Any]) -> bool:
+        return self.projects is None or doc.get("project") in self.projects
+
+    def admits(self, doc: dict[str, Any]) -> bool:
+        """Whether an instance document lies in this scope."""
+        if (self.study and doc["study"] != self.study) or (
+            self.series and doc["series"] != self.series
+        ):
+            return False
+        return self.may_see(doc)
+
     def instance_filter(self) -> dict[str, Any]:
         """The instances this scope covers: its study and series, in the caller's projects."""
         out = self.project_filter()
@@ -76,6 +87,10 @@ class SearchService:
             m for m in query.matches if m.tag not in SERIES_FIELDS and m.tag in STUDY_FIELDS
         ]
         other = [m for m in query.matches if m.tag not in SERIES_FIELDS | STUDY_FIELDS]
+        if scope.study and not query.matches:
+            listed = await self._series_of(scope)
+            if listed is not None:
+                return [_series_json(doc, None, query, base_url) for doc in _page(listed, query)]
         conditions = [_on(m, SERIES_KEYS) for m in own] + [scope.project_filter()]
         if scope.study:
             conditions.append({"study": scope.study})
@@ -98,6 +113,11 @@ class SearchService:
     async def _instances(
         self, query: QidoQuery, scope: Scope, base_url: str
     ) -> list[dict[str, Any]]:
+        if scope.study and not query.matches:
+            listed = await self.store.listed_instances(scope.study, scope.series, {"meta": 1})
+            if listed is not None:
+                docs = sorted((d for d in listed if scope.admits(d)), key=lambda d: d["_id"])
+                return [_instance_json(doc, scope, query, base_url) for doc in _page(docs, query)]
         conditions = [_on(m, INSTANCE_KEYS) for m in query.matches]
         conditions.append(scope.instance_filter())
         docs = await self.store.find(
@@ -117,8 +137,21 @@ class SearchService:
         return await self.store.distinct(INSTANCES, key, _and(conditions))
 
     async def _studies_by_id(self, uids: set[str]) -> dict[str, dict[str, Any]]:
-        docs = await self.store.find(STUDIES, {"_id": {"$in": sorted(uids)}})
+        docs = await self.store.by_ids(STUDIES, sorted(uids))
         return {doc["_id"]: doc for doc in docs}
+
+    async def _series_of(self, scope: Scope) -> list[dict[str, Any]] | None:
+        """A study's series through its list of series UIDs (lookups by _id, no scan)."""
+        assert scope.study
+        uids = await self.store.series_of(scope.study)
+        if uids is None:
+            return None
+        docs = await self.store.by_ids(SERIES, sorted(uids))
+        return [doc for doc in docs if doc["study"] == scope.study and scope.may_see(doc)]
+
+
+def _page(docs: list[dict[str, Any]], query: QidoQuery) -> list[dict[str, Any]]:
+    return docs[query.offset : query.offset + query.limit]
 
 
 def _on(match: Match, keys: dict[str, str]) -> dict[str, Any]:

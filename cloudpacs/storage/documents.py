@@ -88,7 +88,10 @@ def series_upsert(doc: dict[str, Any], now: datetime) -> dict[str, Any]:
 
 
 def study_upsert(doc: dict[str, Any], new_series: bool, now: datetime) -> dict[str, Any]:
-    add: dict[str, Any] = {"sop_classes": {"$each": [doc["sop_class"]]}}
+    add: dict[str, Any] = {
+        "sop_classes": {"$each": [doc["sop_class"]]},
+        "series_uids": {"$each": [doc["series"]]},
+    }
     if doc.get("modality"):
         add["modalities"] = {"$each": [doc["modality"]]}
     return {
@@ -101,3 +104,7 @@ def study_upsert(doc: dict[str, Any], new_series: bool, now: datetime) -> dict[s
         "$addToSet": add,
         "$set": {"updated_at": now},
     }
+
+
+def members_upsert(doc: dict[str, Any]) -> dict[str, Any]:
+    return {"$setOnInsert": {"study": doc["study"]}, "$addToSet": {"instances": doc["_id"]}}

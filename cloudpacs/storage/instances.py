@@ -33,17 +33,27 @@ from cloudpacs.storage.schema import (
     INSTANCES,
     REJECTIONS,
     SERIES,
+    SERIES_MEMBERS,
     STUDIES,
     STUDY_PROJECTS,
     UPLOADS,
 )
 
 UPSERT_RETRIES = 3
+LOOKUPS_AT_ONCE = 16  # concurrent lookups by _id where a `$in` would scan (FerretDB)
 
 
 log = logging.getLogger(__name__)
 
 CLEANUP_SECONDS = 1.0
+
+
+# The order of a WADO-RS retrieval; missing numbers first, as MongoDB sorts them.
+RETRIEVAL_ORDER = [("series_number", 1), ("series", 1), ("instance_number", 1), ("_id", 1)]
+
+
+def retrieval_order(doc: dict[str, Any]) -> tuple[tuple[bool, Any], ...]:
+    return tuple((doc.get(key) is not None, doc.get(key)) for key, _ in RETRIEVAL_ORDER)
 
 
 class AlreadyStored(Exception):
@@ -61,10 +71,13 @@ class InstanceStore:
         self.instances = self.db[INSTANCES]
         self.series = self.db[SERIES]
         self.studies = self.db[STUDIES]
+        self.members = self.db[SERIES_MEMBERS]
         self.files = self.db[f"{FILES_BUCKET}.files"]
         self.uploads = self.db[UPLOADS]
         # Rollup updates of a study are serialised across processes (see storage.locks).
         self.locks = Locks(self.db, utcnow)
+        self._database = database
+        self._in_scans_collection: bool | None = None  # learnt from the server on first use
 
     # ---- write path -------------------------------------------------------------------
     async def upload_file(self, path: Path, name: str, kind: str = "dicom") -> ObjectId:
@@ -163,11 +176,19 @@ class InstanceStore:
             await self._upsert(
                 self.studies, doc["study"], documents.study_upsert(doc, new_series, now)
             )
+            members = documents.members_upsert(doc)
+            await self._upsert(self.members, doc["series"], members, returning=False)
             await self.instances.update_one({"_id": doc["_id"]}, {"$unset": {"rollup_pending": ""}})
 
-    async def _upsert(self, collection: Any, key: str, update: dict[str, Any]) -> Any:
+    async def _upsert(
+        self, collection: Any, key: str, update: dict[str, Any], *, returning: bool = True
+    ) -> Any:
+        """Upsert by _id; the document as it was before (None if new) when `returning`.
+        (FerretDB does not project findAndModify's answer: a long list comes back whole.)"""
         for attempt in range(UPSERT_RETRIES):
             try:
+                if not returning:
+                    return await collection.update_one({"_id": key}, update, upsert=True)
                 return await collection.find_one_and_update(
                     {"_id": key}, update, upsert=True, return_document=ReturnDocument.BEFORE
                 )
@@ -193,6 +214,7 @@ class InstanceStore:
                         "modality": 1,
                         "series_number": 1,
                         "study": 1,
+                        "series": 1,
                         "sop_class": 1,
                         "project": 1,
                         **{k: 1 for k in documents.STUDY_KEYS},
@@ -209,7 +231,13 @@ class InstanceStore:
                     {**series_doc["$setOnInsert"], "instance_count": len(docs), "updated_at": now},
                     upsert=True,
                 )
-            await self.series.delete_many({"study": study_uid, "_id": {"$nin": series_uids}})
+                await self.members.replace_one(
+                    {"_id": series_uid},
+                    {"study": study_uid, "instances": [d["_id"] for d in docs]},
+                    upsert=True,
+                )
+            for gone in (self.series, self.members):
+                await gone.delete_many({"study": study_uid, "_id": {"$nin": series_uids}})
             if first is None:
                 await self.studies.delete_one({"_id": study_uid})
             else:
@@ -220,6 +248,7 @@ class InstanceStore:
                         **study_doc,
                         "instance_count": study_total,
                         "series_count": len(series_uids),
+                        "series_uids": sorted(series_uids),
                         "modalities": sorted(modalities),
                         "sop_classes": sorted(sop_classes),
                         "updated_at": now,
@@ -276,11 +305,63 @@ class InstanceStore:
     ) -> AsyncIterator[dict[str, Any]]:
         """Instances in retrieval order (series number, instance number), one at a time."""
         async with translate_errors():
-            cursor = self.instances.find(query, projection).sort(
-                [("series_number", 1), ("series", 1), ("instance_number", 1), ("_id", 1)]
-            )
+            cursor = self.instances.find(query, projection).sort(RETRIEVAL_ORDER)
             async for doc in cursor:
                 yield doc
+
+    async def by_ids(
+        self, collection: str, ids: Sequence[Any], projection: dict[str, Any] | None = None
+    ) -> list[dict[str, Any]]:
+        """Documents by _id, in the order of `ids`, leaving out those that do not exist.
+
+        FerretDB answers only a lone `_id` equality from its primary key; a `$in` scans the
+        whole collection there. So on FerretDB the ids are looked up one by one, a few at
+        a time; MongoDB gets one `$in` on its `_id` index."""
+        if not ids:
+            return []
+        if await self._in_scans():
+            gate = asyncio.Semaphore(LOOKUPS_AT_ONCE)
+
+            async def one(key: Any) -> list[dict[str, Any]]:
+                async with gate:
+                    return await self.find(collection, {"_id": key}, projection=projection)
+
+            answers = await asyncio.gather(*(one(key) for key in ids))
+            found = {doc["_id"]: doc for docs in answers for doc in docs}
+        else:
+            docs = await self.find(collection, {"_id": {"$in": list(ids)}}, projection=projection)
+            found = {doc["_id"]: doc for doc in docs}
+        return [found[key] for key in ids if key in found]
+
+    async def _in_scans(self) -> bool:
+        if self._in_scans_collection is None:
+            self._in_scans_collection = (await self._database.server_info()).ferretdb
+        return self._in_scans_collection
+
+    async def series_of(self, study_uid: str) -> list[str] | None:
+        """The series UIDs of a study from its rollup; None if the study has no list (it was
+        stored before lists existed, or its first rollup is still pending)."""
+        found = await self.by_ids(STUDIES, [study_uid], {"series_uids": 1})
+        if not found or "series_uids" not in found[0]:
+            return None
+        return list(found[0]["series_uids"])
+
+    async def listed_instances(
+        self, study_uid: str, series_uid: str | None, projection: dict[str, Any]
+    ) -> list[dict[str, Any]] | None:
+        """The instances of a study, or of one of its series, in retrieval order, found by
+        `_id` through the member lists: no scan, whatever the server. None where a list is
+        missing (see series_of): the caller then queries the instances instead."""
+        series_uids = [series_uid] if series_uid else await self.series_of(study_uid)
+        if series_uids is None:
+            return None
+        lists = await self.by_ids(SERIES_MEMBERS, series_uids, {"instances": 1, "study": 1})
+        if len(lists) < len(series_uids):
+            return None
+        ids = [sop for found in lists if found["study"] == study_uid for sop in found["instances"]]
+        fields = {**projection, "study": 1, "series": 1, "project": 1}
+        fields.update({key: 1 for key, _ in RETRIEVAL_ORDER})
+        return sorted(await self.by_ids(INSTANCES, ids, fields), key=retrieval_order)
 
     async def full_meta(self, doc: dict[str, Any]) -> dict[str, Any]:
         """The complete DICOM JSON of an instance, from GridFS when it was too large inline."""

@@ -20,6 +20,8 @@ log = logging.getLogger(__name__)
 INSTANCES = "instances"
 SERIES = "series"
 STUDIES = "studies"
+# series UID -> the SOP Instance UIDs in it, so listing a series is a lookup by _id
+SERIES_MEMBERS = "series_members"
 FILES_BUCKET = "fs"
 REJECTIONS = "rejections"  # permanent refusals, for operators
 LOCKS = "locks"  # see storage.locks
@@ -34,6 +36,7 @@ APP_READ_WRITE = (
     INSTANCES,
     SERIES,
     STUDIES,
+    SERIES_MEMBERS,
     f"{FILES_BUCKET}.files",
     f"{FILES_BUCKET}.chunks",
     REJECTIONS,
@@ -94,6 +97,7 @@ STUDY_INDEXES = [
     IndexModel([("referring_physician", ASCENDING)]),
     IndexModel([("project", ASCENDING)]),
 ]
+SERIES_MEMBERS_INDEXES = [IndexModel([("study", ASCENDING)])]
 TOKEN_INDEXES = [IndexModel([("subject", ASCENDING)])]
 AUDIT_INDEXES = [
     IndexModel([("at", ASCENDING)]),
@@ -120,6 +124,7 @@ async def init_schema(database: Database) -> list[str]:
         for name in (
             SERIES,
             STUDIES,
+            SERIES_MEMBERS,
             UPLOADS,
             REJECTIONS,
             LOCKS,
@@ -134,6 +139,7 @@ async def init_schema(database: Database) -> list[str]:
             (INSTANCES, INSTANCE_INDEXES),
             (SERIES, SERIES_INDEXES),
             (STUDIES, STUDY_INDEXES),
+            (SERIES_MEMBERS, SERIES_MEMBERS_INDEXES),
             (UPLOADS, UPLOAD_INDEXES),
             (REJECTIONS, REJECTION_INDEXES),
             (CHECKPOINTS, CHECKPOINT_INDEXES),

@@ -5,7 +5,7 @@ Shard keys, and why:
              scheme (UIDs share long prefixes, so a range key would pile onto one shard);
              every instance of a study lands on one shard, so study-level QIDO, WADO
              retrieval and the rollup recount touch a single shard.
-- series     {study: "hashed"}   beside its study's instances, same reasoning.
+- series, series_members  {study: "hashed"}  beside their study's instances, same reasoning.
 - studies    {_id: "hashed"}     the study document is keyed by its UID.
 - fs.chunks  {files_id: 1, n: 1} the key MongoDB documents for GridFS (and the only one that
              keeps GridFS's unique {files_id, n} index legal): all chunks of a file stay
@@ -28,11 +28,12 @@ from pymongo.errors import OperationFailure
 
 from cloudpacs.errors import InvalidRequest
 from cloudpacs.storage.database import Database, translate_errors
-from cloudpacs.storage.schema import FILES_BUCKET, INSTANCES, SERIES, STUDIES
+from cloudpacs.storage.schema import FILES_BUCKET, INSTANCES, SERIES, SERIES_MEMBERS, STUDIES
 
 SHARD_KEYS: dict[str, dict[str, Any]] = {
     INSTANCES: {"study": "hashed"},
     SERIES: {"study": "hashed"},
+    SERIES_MEMBERS: {"study": "hashed"},
     STUDIES: {"_id": "hashed"},
     f"{FILES_BUCKET}.files": {"_id": "hashed"},
     f"{FILES_BUCKET}.chunks": {"files_id": 1, "n": 1},

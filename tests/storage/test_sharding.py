@@ -16,6 +16,7 @@ def test_sharding_commands_are_exactly_these() -> None:
     assert shard == [
         {"shardCollection": "archive.instances", "key": {"study": "hashed"}},
         {"shardCollection": "archive.series", "key": {"study": "hashed"}},
+        {"shardCollection": "archive.series_members", "key": {"study": "hashed"}},
         {"shardCollection": "archive.studies", "key": {"_id": "hashed"}},
         {"shardCollection": "archive.fs.files", "key": {"_id": "hashed"}},
         {"shardCollection": "archive.fs.chunks", "key": {"files_id": 1, "n": 1}},
