@@ -23,6 +23,8 @@ STUDY_KEYS = (
     "referring_physician",
 )
 SERIES_KEYS = ("modality", "series_number")
+# Study keys the study lookup answers exact matches on (see storage.schema.STUDY_LOOKUP).
+LOOKUP_KEYS = ("patient_id", "accession")
 
 
 def instance_document(
@@ -108,3 +110,12 @@ def study_upsert(doc: dict[str, Any], new_series: bool, now: datetime) -> dict[s
 
 def members_upsert(doc: dict[str, Any]) -> dict[str, Any]:
     return {"$setOnInsert": {"study": doc["study"]}, "$addToSet": {"instances": doc["_id"]}}
+
+
+def lookup_id(key: str, value: Any) -> str:
+    return f"{key}={value}"
+
+
+def lookup_ids(doc: dict[str, Any]) -> list[str]:
+    """The study lookup entries a study (or an instance of it) belongs in."""
+    return [lookup_id(key, doc[key]) for key in LOOKUP_KEYS if doc.get(key)]

@@ -29,12 +29,15 @@ from cloudpacs.storage.database import Database, translate_errors
 from cloudpacs.storage.files import FileStore, new_file_id
 from cloudpacs.storage.locks import Locks
 from cloudpacs.storage.schema import (
+    CHECKPOINTS,
     FILES_BUCKET,
     INSTANCES,
     REJECTIONS,
     SERIES,
     SERIES_MEMBERS,
     STUDIES,
+    STUDY_LOOKUP,
+    STUDY_LOOKUP_READY,
     STUDY_PROJECTS,
     UPLOADS,
 )
@@ -72,12 +75,14 @@ class InstanceStore:
         self.series = self.db[SERIES]
         self.studies = self.db[STUDIES]
         self.members = self.db[SERIES_MEMBERS]
+        self.lookup = self.db[STUDY_LOOKUP]
         self.files = self.db[f"{FILES_BUCKET}.files"]
         self.uploads = self.db[UPLOADS]
         # Rollup updates of a study are serialised across processes (see storage.locks).
         self.locks = Locks(self.db, utcnow)
         self._database = database
         self._in_scans_collection: bool | None = None  # learnt from the server on first use
+        self._lookup_ready = False
 
     # ---- write path -------------------------------------------------------------------
     async def upload_file(self, path: Path, name: str, kind: str = "dicom") -> ObjectId:
@@ -173,9 +178,11 @@ class InstanceStore:
                 self.series, doc["series"], documents.series_upsert(doc, now)
             )
             new_series = before is None
-            await self._upsert(
+            study_before = await self._upsert(
                 self.studies, doc["study"], documents.study_upsert(doc, new_series, now)
             )
+            if study_before is None:
+                await self._enter_in_lookup(doc)
             members = documents.members_upsert(doc)
             await self._upsert(self.members, doc["series"], members, returning=False)
             await self.instances.update_one({"_id": doc["_id"]}, {"$unset": {"rollup_pending": ""}})
@@ -196,6 +203,11 @@ class InstanceStore:
                 if attempt == UPSERT_RETRIES - 1:
                     raise
         return None
+
+    async def _enter_in_lookup(self, doc: dict[str, Any]) -> None:
+        for key in documents.lookup_ids(doc):
+            update = {"$addToSet": {"studies": doc["study"]}}
+            await self._upsert(self.lookup, key, update, returning=False)
 
     async def recompute_rollups(self, study_uid: str) -> None:
         """Rebuild a study's and its series' rollups from the instances (crash repair)."""
@@ -241,6 +253,7 @@ class InstanceStore:
             if first is None:
                 await self.studies.delete_one({"_id": study_uid})
             else:
+                await self._enter_in_lookup(first)
                 study_doc = documents.study_upsert(first, True, now)["$setOnInsert"]
                 await self.studies.replace_one(
                     {"_id": study_uid},
@@ -337,6 +350,17 @@ class InstanceStore:
         if self._in_scans_collection is None:
             self._in_scans_collection = (await self._database.server_info()).ferretdb
         return self._in_scans_collection
+
+    async def looked_up_studies(self, key: str, values: Sequence[Any]) -> set[str] | None:
+        """UIDs of the studies whose `key` (one of documents.LOOKUP_KEYS) had one of `values`
+        (a superset: entries are not removed when a study changes; check the documents).
+        None until the lookup holds every study (see schema._fill_study_lookup)."""
+        if not self._lookup_ready:
+            self._lookup_ready = bool(await self.by_ids(CHECKPOINTS, [STUDY_LOOKUP_READY["_id"]]))
+            if not self._lookup_ready:
+                return None
+        ids = [documents.lookup_id(key, value) for value in values]
+        return {uid for entry in await self.by_ids(STUDY_LOOKUP, ids) for uid in entry["studies"]}
 
     async def series_of(self, study_uid: str) -> list[str] | None:
         """The series UIDs of a study from its rollup; None if the study has no list (it was

@@ -13,6 +13,7 @@ from typing import Any
 from pymongo import ASCENDING, IndexModel
 from pymongo.errors import CollectionInvalid, DuplicateKeyError, OperationFailure
 
+from cloudpacs.storage import documents
 from cloudpacs.storage.database import NOT_IMPLEMENTED_CODE, Database, translate_errors
 
 log = logging.getLogger(__name__)
@@ -22,6 +23,9 @@ SERIES = "series"
 STUDIES = "studies"
 # series UID -> the SOP Instance UIDs in it, so listing a series is a lookup by _id
 SERIES_MEMBERS = "series_members"
+# "patient_id=<value>" / "accession=<value>" -> UIDs of the studies with it (see study_lookup)
+STUDY_LOOKUP = "study_lookup"
+STUDY_LOOKUP_READY = {"_id": "index:study_lookup"}  # in CHECKPOINTS once every study is in
 FILES_BUCKET = "fs"
 REJECTIONS = "rejections"  # permanent refusals, for operators
 LOCKS = "locks"  # see storage.locks
@@ -37,6 +41,7 @@ APP_READ_WRITE = (
     SERIES,
     STUDIES,
     SERIES_MEMBERS,
+    STUDY_LOOKUP,
     f"{FILES_BUCKET}.files",
     f"{FILES_BUCKET}.chunks",
     REJECTIONS,
@@ -125,6 +130,7 @@ async def init_schema(database: Database) -> list[str]:
             SERIES,
             STUDIES,
             SERIES_MEMBERS,
+            STUDY_LOOKUP,
             UPLOADS,
             REJECTIONS,
             LOCKS,
@@ -149,8 +155,25 @@ async def init_schema(database: Database) -> list[str]:
             (f"{FILES_BUCKET}.chunks", CHUNKS_INDEXES),
         ):
             await _ensure_indexes(db[collection], indexes)
+        notes += await _fill_study_lookup(db)
     notes.append("indexes ready")
     return notes
+
+
+async def _fill_study_lookup(db: Any) -> list[str]:
+    """Archives from before the study lookup: enter every study once (one scan of the
+    studies), then mark it ready; ingest keeps it up to date from then on."""
+    if await db[CHECKPOINTS].find_one(STUDY_LOOKUP_READY):
+        return []
+    count = 0
+    async for study in db[STUDIES].find({}, {key: 1 for key in documents.LOOKUP_KEYS}):
+        for key in documents.lookup_ids(study):
+            await db[STUDY_LOOKUP].update_one(
+                {"_id": key}, {"$addToSet": {"studies": study["_id"]}}, upsert=True
+            )
+        count += 1
+    await _insert_once(db[CHECKPOINTS], dict(STUDY_LOOKUP_READY))
+    return [f"study lookup built for {count} studies"] if count else []
 
 
 async def _ensure_indexes(collection: Any, indexes: list[IndexModel]) -> None:

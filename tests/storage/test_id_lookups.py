@@ -1,10 +1,14 @@
-"""Member lists (study -> series UIDs, series -> SOP Instance UIDs): kept exact by ingest,
-deletion and the rollup rebuild, and what lets study and series reads go by `_id` alone
-(the only filter FerretDB answers from an index instead of a scan)."""
+"""Reads by `_id` alone, the only filter FerretDB answers from an index instead of a scan.
+
+Member lists (study -> series UIDs, series -> SOP Instance UIDs) serve study and series
+listings, and the study lookup ("patient_id=X" -> study UIDs) exact study searches. Both are
+kept exact by ingest, deletion and rebuilds, and queries fall back to scans without them."""
 
 from __future__ import annotations
 
+import contextlib
 import random
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +22,7 @@ from cloudpacs.runtime import Runtime
 from cloudpacs.search import Scope, SearchService
 from cloudpacs.storage.database import Database
 from cloudpacs.storage.instances import InstanceStore
+from cloudpacs.storage.schema import init_schema
 from tests.factory import Spec, write_study
 
 BASE = "http://archive/dicomweb"
@@ -109,6 +114,25 @@ async def _reads(store: InstanceStore, study_uid: str, series_uid: str) -> dict[
     }
 
 
+@contextlib.asynccontextmanager
+async def listened_store(runtime: Runtime) -> AsyncIterator[tuple[InstanceStore, FindFilters]]:
+    """A store on its own client, whose every `find` filter is recorded."""
+    listener = FindFilters()
+    settings = runtime.settings
+    assert settings.mongo_uri is not None
+    client: AsyncMongoClient[dict[str, Any]] = AsyncMongoClient(
+        settings.mongo_uri, event_listeners=[listener], tz_aware=True
+    )
+    try:
+        yield InstanceStore(Database(client=client, db=client[settings.database])), listener
+    finally:
+        await client.close()
+
+
+def by_id_only(filters: list[dict[str, Any]]) -> bool:
+    return all(list(f) == ["_id"] and isinstance(f["_id"], str) for f in filters)
+
+
 async def test_reads_go_by_id_only_and_fall_back_to_queries_without_lists(
     runtime: Runtime, tmp_path: Path
 ) -> None:
@@ -122,20 +146,10 @@ async def test_reads_go_by_id_only_and_fall_back_to_queries_without_lists(
         "study metadata": [s.sop_uid for s in by_position],
         "series retrieval": [s.sop_uid for s in by_position if s.series_uid == series_uid],
     }
-
-    listener = FindFilters()
-    settings = runtime.settings
-    assert settings.mongo_uri is not None
-    client: AsyncMongoClient[dict[str, Any]] = AsyncMongoClient(
-        settings.mongo_uri, event_listeners=[listener], tz_aware=True
-    )
-    try:
-        store = InstanceStore(Database(client=client, db=client[settings.database]))
+    async with listened_store(runtime) as (store, listener):
         assert await _reads(store, study_uid, series_uid) == expected
         assert listener.filters, "the reads went to the server"
-        assert all(list(f) == ["_id"] and isinstance(f["_id"], str) for f in listener.filters), (
-            listener.filters
-        )
+        assert by_id_only(listener.filters), listener.filters
 
         # a study stored before member lists existed: the same answers, by query
         db = runtime.database.db
@@ -143,6 +157,63 @@ async def test_reads_go_by_id_only_and_fall_back_to_queries_without_lists(
         await db.studies.update_one({"_id": study_uid}, {"$unset": {"series_uids": 1}})
         listener.filters.clear()
         assert await _reads(store, study_uid, series_uid) == expected
-        assert any(list(f) != ["_id"] for f in listener.filters)
-    finally:
-        await client.close()
+        assert not by_id_only(listener.filters)
+
+
+async def _study_search(store: InstanceStore, params: list[tuple[str, str]]) -> list[str]:
+    found = await SearchService(store).search(
+        Level.STUDY, parse_query(params), Scope(projects=frozenset({"default"})), BASE
+    )
+    return [item["0020000D"]["Value"][0] for item in found]
+
+
+async def test_exact_study_searches_use_the_study_lookup(runtime: Runtime, tmp_path: Path) -> None:
+    first = await _store_study(runtime, tmp_path / "a", patient_id="LOOK1", accession="A1")
+    second = await _store_study(runtime, tmp_path / "b", patient_id="LOOK1", accession="A2")
+    other = await _store_study(runtime, tmp_path / "c", patient_id="LOOK2", accession="A3")
+    uid1, uid2, uid3 = (specs[0].study_uid for specs in (first, second, other))
+    cases = [
+        ([("PatientID", "LOOK1")], sorted([uid1, uid2])),
+        ([("PatientID", "LOOK1\\LOOK2")], sorted([uid1, uid2, uid3])),
+        ([("PatientID", "LOOK1"), ("AccessionNumber", "A2")], [uid2]),
+        ([("AccessionNumber", "A3"), ("StudyInstanceUID", f"{uid1},{uid3}")], [uid3]),
+        ([("PatientID", "look1")], []),  # PatientID matching is case-sensitive
+        ([("PatientID", "NOBODY")], []),
+    ]
+    async with listened_store(runtime) as (store, listener):
+        for params, uids in cases:
+            assert await _study_search(store, params) == uids, params
+        assert by_id_only(listener.filters), listener.filters
+
+        # a wildcard is not a lookup: it scans, and agrees
+        listener.filters.clear()
+        assert await _study_search(store, [("PatientID", "LOOK*")]) == sorted([uid1, uid2, uid3])
+        assert not by_id_only(listener.filters)
+
+        # a study's patient ID corrected: stale entries are checked against the study
+        db = runtime.database.db
+        await db.studies.update_one({"_id": uid2}, {"$set": {"patient_id": "LOOK9"}})
+        assert await _study_search(store, [("PatientID", "LOOK1")]) == [uid1]
+
+
+async def test_archives_from_before_the_lookup_get_it_built_once(
+    runtime: Runtime, tmp_path: Path
+) -> None:
+    specs = await _store_study(runtime, tmp_path, patient_id="OLD1")
+    db = runtime.database.db
+    await db.study_lookup.delete_many({})
+    await db.checkpoints.delete_one({"_id": "index:study_lookup"})
+    async with listened_store(runtime) as (store, listener):
+        # not ready: the search scans, and still finds the study
+        assert await _study_search(store, [("PatientID", "OLD1")]) == [specs[0].study_uid]
+        assert not by_id_only(listener.filters)
+        notes = await init_schema(runtime.database)
+        assert "study lookup built for 1 studies" in notes
+        assert await db.study_lookup.find_one({"_id": "patient_id=OLD1"}) == {
+            "_id": "patient_id=OLD1",
+            "studies": [specs[0].study_uid],
+        }
+        assert "study lookup built" not in " ".join(await init_schema(runtime.database))
+        listener.filters.clear()
+        assert await _study_search(store, [("PatientID", "OLD1")]) == [specs[0].study_uid]
+        assert by_id_only(listener.filters), listener.filters
