@@ -111,7 +111,7 @@ def spawn(
     return Server(name, proc, port, log)
 
 
-def start_ferretdb(data_dir: Path) -> Server:
+def start_ferretdb(data_dir: Path, *extra_args: str) -> Server:
     data_dir.mkdir(parents=True, exist_ok=True)
     port = free_port()
     argv = [
@@ -119,6 +119,7 @@ def start_ferretdb(data_dir: Path) -> Server:
         f"--listen-addr=127.0.0.1:{port}",
         f"--sqlite-url=file:{data_dir.resolve()}/",
         "--log-level=error",
+        *extra_args,
     ]
     server = spawn("ferretdb", argv, port, data_dir / "ferretdb.log")
     try:

@@ -12,6 +12,8 @@ import (
 	"flag"
 	"fmt"
 	"log/slog"
+	"net/http"
+	_ "net/http/pprof" // -pprof-addr: Go CPU profiles of the server (perf/profile_reads.py)
 	"os"
 	"os/signal"
 	"syscall"
@@ -23,6 +25,7 @@ func main() {
 	listen := flag.String("listen-addr", "127.0.0.1:27017", "TCP address to listen on (keep it on loopback)")
 	sqliteURL := flag.String("sqlite-url", "file:data/", "SQLite data directory URL, ending in a slash")
 	logLevel := flag.String("log-level", "warn", "debug, info, warn or error")
+	pprofAddr := flag.String("pprof-addr", "", "serve /debug/pprof/ on this address (off if empty)")
 	flag.Parse()
 
 	var level slog.Level
@@ -31,6 +34,11 @@ func main() {
 		os.Exit(2)
 	}
 	logger := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: level}))
+	if *pprofAddr != "" {
+		go func() {
+			logger.Error("pprof server stopped", "error", http.ListenAndServe(*pprofAddr, nil))
+		}()
+	}
 
 	f, err := ferretdb.New(&ferretdb.Config{
 		Listener:  ferretdb.ListenerConfig{TCP: *listen},
