@@ -20,6 +20,7 @@ from cloudpacs.storage.instances import InstanceStore, utcnow
 log = logging.getLogger(__name__)
 
 CLOCK_MARGIN = timedelta(seconds=1)
+LIST_BACKFILL = 50  # studies given member lists per sweep
 
 
 @dataclass(frozen=True)
@@ -37,6 +38,7 @@ async def sweep(store: InstanceStore, grace_seconds: float, full: bool = False) 
     studies = await store.distinct(
         "instances", "study", {"rollup_pending": True, "ingested_at": {"$lt": cutoff}}
     )
+    studies += await _studies_without_lists(store, set(studies))
     for study_uid in studies:
         await store.recompute_rollups(study_uid)
     report = SweepReport(deleted, settled, len(studies), unjournaled)
@@ -51,6 +53,16 @@ async def sweep(store: InstanceStore, grace_seconds: float, full: bool = False) 
             },
         )
     return report
+
+
+async def _studies_without_lists(store: InstanceStore, already: set[str]) -> list[str]:
+    """A few studies stored before member lists existed (storage.instances.listed_instances),
+    given theirs by the rebuild: older archives gain them over a few sweeps, in the
+    background."""
+    docs = await store.find(
+        "studies", {"series_uids": {"$exists": False}}, projection={"_id": 1}, limit=LIST_BACKFILL
+    )
+    return [doc["_id"] for doc in docs if doc["_id"] not in already]
 
 
 async def _sweep_journal(store: InstanceStore, cutoff: datetime) -> tuple[int, int]:

@@ -23,6 +23,7 @@ from cloudpacs.search import Scope, SearchService
 from cloudpacs.storage.database import Database
 from cloudpacs.storage.instances import InstanceStore
 from cloudpacs.storage.schema import init_schema
+from cloudpacs.storage.sweep import sweep
 from tests.factory import Spec, write_study
 
 BASE = "http://archive/dicomweb"
@@ -133,7 +134,7 @@ def by_id_only(filters: list[dict[str, Any]]) -> bool:
     return all(list(f) == ["_id"] and isinstance(f["_id"], str) for f in filters)
 
 
-async def test_reads_go_by_id_only_and_fall_back_to_queries_without_lists(
+async def test_reads_go_by_id_only_and_fall_back_to_queries_until_a_sweep_adds_lists(
     runtime: Runtime, tmp_path: Path
 ) -> None:
     specs = await _store_study(runtime, tmp_path)
@@ -158,6 +159,13 @@ async def test_reads_go_by_id_only_and_fall_back_to_queries_without_lists(
         listener.filters.clear()
         assert await _reads(store, study_uid, series_uid) == expected
         assert not by_id_only(listener.filters)
+
+        # ... until a sweep gives it its lists
+        assert (await sweep(runtime.store, grace_seconds=0)).studies_repaired == 1
+        assert (await sweep(runtime.store, grace_seconds=0)).studies_repaired == 0
+        listener.filters.clear()
+        assert await _reads(store, study_uid, series_uid) == expected
+        assert by_id_only(listener.filters), listener.filters
 
 
 async def _study_search(store: InstanceStore, params: list[tuple[str, str]]) -> list[str]:
