@@ -1,0 +1,210 @@
+"""cloudpacs as deployed (docs/ARCHITECTURE.md, haproxy/): N `cloudpacs serve` app nodes on one
+shared FerretDB, behind a real HAProxy rendered from haproxy/haproxy.cfg.tmpl, all on free
+loopback ports and stopped by PID. The same STOW-RS, QIDO-RS and WADO-RS load as the single
+node and Orthanc get, through the balancer.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import io
+import subprocess
+import time
+import urllib.request
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from bench_context import Context, Target, log
+from benchlib import (
+    REPO,
+    Server,
+    command_line,
+    free_port,
+    spawn,
+    start_cloudpacs,
+    start_ferretdb,
+    wait_port,
+)
+from phase_ingest import (
+    check_archive,
+    disk_usage,
+    drop_database,
+    sqlite_files,
+    stow_level,
+)
+from phase_reads import qido_phase, wado_phase
+
+RENDER = REPO / "haproxy" / "render-config.sh"
+BACKEND = "cloudpacs"  # the backend name in haproxy/haproxy.cfg.tmpl
+LOAD_DATABASE = "cluster"
+# The one change to the production config. ab speaks HTTP/1.0, and HAProxy forwards such a
+# request asking the node for keep-alive; cloudpacs (aiohttp) then streams an answer of unknown
+# length (WADO-RS) close-delimited but keeps the connection open, so the client never sees
+# its end. Closing the server side after each answer avoids that (see the report).
+BENCH_BACKEND_OPTION = "    option http-server-close"
+
+
+@dataclass
+class Cluster:
+    """App nodes and the HAProxy in front of them (the FerretDB behind them is the caller's)."""
+
+    nodes: list[Server]
+    balancer: Server
+    stats_port: int
+
+    @property
+    def root(self) -> str:
+        return f"{self.balancer.base}/dicomweb"
+
+    def pids(self, ferretdb: Server) -> dict[str, int]:
+        nodes = {f"cloudpacs-{i}": node.pid for i, node in enumerate(self.nodes, 1)}
+        return {**nodes, "ferretdb": ferretdb.pid, "haproxy": self.balancer.pid}
+
+    def commands(self, ferretdb: Server, database: str) -> list[str]:
+        env = {"CLOUDPACS_MONGO_URI": f"mongodb://127.0.0.1:{ferretdb.port}/"}
+        env["CLOUDPACS_DATABASE"] = database
+        nodes = [command_line(node, env) for node in self.nodes]
+        return [command_line(ferretdb), *nodes, command_line(self.balancer)]
+
+    def stop(self) -> None:
+        """The balancer first, so that no request reaches a stopping node."""
+        for server in [self.balancer, *self.nodes]:
+            server.stop()
+
+
+def render_config(work: Path, port: int, stats_port: int, nodes: list[Server]) -> Path:
+    """haproxy/render-config.sh for an unprivileged HAProxy on loopback, plus
+    BENCH_BACKEND_OPTION; validated by `haproxy -c`."""
+    work.mkdir(parents=True, exist_ok=True)
+    config = work / "haproxy.cfg"
+    subprocess.run(
+        [
+            str(RENDER),
+            *("--bind", f"127.0.0.1:{port}", "--stats", f"127.0.0.1:{stats_port}"),
+            *("--admin-socket", str(work / "admin.sock"), "--log", "stdout", "--unprivileged"),
+            # HAProxy needs about 2 file descriptors per connection; stay within `ulimit -n`.
+            *("--maxconn", "2000", "--frontend-maxconn", "1000"),
+            *("--output", str(config)),
+            *(f"127.0.0.1:{node.port}" for node in nodes),
+        ],
+        check=True,
+        capture_output=True,
+        timeout=30,
+    )
+    text = config.read_text().replace(
+        "    option forwardfor\n", f"    option forwardfor\n{BENCH_BACKEND_OPTION}\n", 1
+    )
+    if BENCH_BACKEND_OPTION not in text:
+        raise RuntimeError("haproxy/haproxy.cfg.tmpl changed: no `option forwardfor` line")
+    config.write_text(text)
+    subprocess.run(["haproxy", "-c", "-q", "-f", str(config)], check=True, timeout=30)
+    return config
+
+
+def servers_up(stats_port: int) -> int:
+    """How many servers of the backend HAProxy's stats CSV shows UP."""
+    url = f"http://127.0.0.1:{stats_port}/stats;csv"
+    with urllib.request.urlopen(url, timeout=2) as answer:
+        text = answer.read().decode().lstrip("# ")
+    rows = csv.DictReader(io.StringIO(text))
+    return sum(
+        1
+        for row in rows
+        if row["pxname"] == BACKEND
+        and row["svname"] not in ("FRONTEND", "BACKEND")
+        and row["status"] == "UP"
+    )
+
+
+def start_balancer(work: Path, nodes: list[Server], timeout: float = 30) -> Cluster:
+    port, stats_port = free_port(), free_port()
+    config = render_config(work, port, stats_port, nodes)
+    balancer = spawn("haproxy", ["haproxy", "-db", "-f", str(config)], port, work / "haproxy.log")
+    cluster = Cluster(nodes, balancer, stats_port)
+    try:
+        wait_port(port, 10, balancer.proc)
+        deadline = time.monotonic() + timeout
+        while servers_up(stats_port) < len(nodes):
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"HAProxy: not all {len(nodes)} nodes UP, see {balancer.log}")
+            time.sleep(0.2)
+    except BaseException:
+        cluster.stop()
+        raise
+    return cluster
+
+
+@contextlib.contextmanager
+def running_cluster(work: Path, ferretdb: Server, database: str, count: int) -> Iterator[Cluster]:
+    """`count` serve nodes on `database` of the shared FerretDB, behind HAProxy."""
+    uri = f"mongodb://127.0.0.1:{ferretdb.port}/"
+    nodes: list[Server] = []
+    try:
+        for i in range(1, count + 1):  # one after the other: the first creates the indexes
+            nodes.append(start_cloudpacs("serve", work / f"node-{i}", uri, database))
+        cluster = start_balancer(work, nodes)
+    except BaseException:
+        for node in nodes:
+            node.stop()
+        raise
+    try:
+        yield cluster
+    finally:
+        cluster.stop()
+
+
+def haproxy_version() -> str:
+    done = subprocess.run(["haproxy", "-v"], capture_output=True, text=True, check=True)
+    return done.stdout.split("\n", 1)[0].split()[2]
+
+
+def cluster_stow(ctx: Context, ferretdb: Server, count: int) -> list[dict[str, Any]]:
+    """Each STOW-RS level on a fresh database, as for the single node."""
+    files = ctx.corpus.files[: ctx.plan.stow_instances]
+    uri = f"mongodb://127.0.0.1:{ferretdb.port}/"
+    levels = []
+    for clients in ctx.plan.stow_clients:
+        database = f"cluster_stow_c{clients}"
+        log(f"{count} nodes STOW-RS: {len(files)} instances, {clients} client(s), {database}")
+        work = ctx.run_dir / f"cluster-{database}"
+        with running_cluster(work, ferretdb, database, count) as cluster:
+            url = f"{cluster.root}/studies"
+            levels.append(stow_level(url, cluster.pids(ferretdb), files, clients, ctx.plan))
+        drop_database(uri, database)
+        log(f"  -> {levels[-1]['instances_per_s']} instances/s, {levels[-1]['mb_per_s']} MB/s")
+    return levels
+
+
+def cluster_phase(ctx: Context, count: int) -> dict[str, Any]:
+    """STOW-RS levels, then the whole corpus over STOW-RS, QIDO-RS, WADO-RS, disk use."""
+    db_dir = ctx.run_dir / "ferretdb-cluster"
+    ferretdb = start_ferretdb(db_dir)
+    out: dict[str, Any] = {
+        "nodes": count,
+        "haproxy": haproxy_version(),
+        "haproxy_config": "haproxy/render-config.sh --unprivileged, plus in the backend: "
+        + BENCH_BACKEND_OPTION.strip(),
+    }
+    clients = ctx.plan.load_clients
+    try:
+        out["stow"] = cluster_stow(ctx, ferretdb, count)
+        work = ctx.run_dir / "cluster-main"
+        with running_cluster(work, ferretdb, LOAD_DATABASE, count) as cluster:
+            target = Target(f"cloudpacs-{count}-nodes", cluster.root, cluster.pids(ferretdb))
+            out["commands"] = cluster.commands(ferretdb, LOAD_DATABASE)
+            log(f"{count} nodes: the whole corpus over STOW-RS ({clients} clients) via HAProxy")
+            out["load"] = stow_level(
+                f"{target.root}/studies", dict(target.pids), ctx.corpus.files, clients, ctx.plan
+            )
+            log(f"  -> {out['load']['instances_per_s']} instances/s")
+            out["archive_check"] = check_archive(target.root, ctx.corpus)
+            out["qido"] = qido_phase(ctx, target)
+            out["wado"] = wado_phase(ctx, target)
+    finally:
+        ferretdb.stop()
+    out["disk"] = disk_usage(sqlite_files(db_dir, LOAD_DATABASE), ctx.corpus.total_bytes)
+    log(f"{count} nodes disk: {out['disk']}")
+    return out
