@@ -127,13 +127,16 @@ def report_disk(disk: dict[str, Any] | None) -> list[str]:
 def report_comparison(comparison: dict[str, Any]) -> list[str]:
     targets = comparison["targets"]
     others = [t for t in targets if t != "orthanc"]
-    head = f"{'figure':<58}" + "".join(f"{targets[t][:22]:>23}" for t in targets)
+    short = {t: SHORT_NAMES.get(t, t) for t in targets}
+    head = f"{'figure [unit]':<66}" + "".join(f"{short[t]:>12}" for t in targets)
     if "orthanc" in targets:
-        head += "".join(f"{'/ Orthanc':>10}" for _ in others)
+        head += "".join(f"{short[t] + '/Orth.':>15}" for t in others)
+    names = ", ".join(f"{short[t]} = {label}" for t, label in targets.items())
     lines = [
         "",
-        "=== SIDE BY SIDE: cloudpacs / Orthanc "
-        "(rates: > 1 = cloudpacs higher; ms, CPU, RSS, disk: > 1 = cloudpacs higher, worse) ===",
+        "=== SIDE BY SIDE, ratios cloudpacs/Orthanc: for rates > 1 means cloudpacs is faster; "
+        "for ms, CPU-s, RSS and disk > 1 means cloudpacs uses more (worse) ===",
+        f"({names}; '-': not measured)",
         head,
     ]
     group = ""
@@ -143,12 +146,15 @@ def report_comparison(comparison: dict[str, Any]) -> list[str]:
             lines.append(f"-- {GROUPS[group][0]}")
         name = f"{row['label']} [{row['panel']}]"
         cells = "".join(
-            f"{fmt(row['values'][t], 2) if t in row['values'] else '-':>23}" for t in targets
+            f"{fmt(row['values'][t], 2) if t in row['values'] else '-':>12}" for t in targets
         )
         if "orthanc" in targets:
-            cells += "".join(f"{ratio_text(row['ratios_to_orthanc'].get(t)):>10}" for t in others)
-        lines.append(f"{name[:57]:<58}{cells}")
+            cells += "".join(f"{ratio_text(row['ratios_to_orthanc'].get(t)):>15}" for t in others)
+        lines.append(f"{name[:65]:<66}{cells}")
     return lines
+
+
+SHORT_NAMES = {"cloudpacs": "1 node", "cluster": "N nodes", "orthanc": "Orthanc"}
 
 
 def ratio_text(value: float | None) -> str:

@@ -100,14 +100,19 @@ class RowBuilder:
     def add_values(
         self, group: str, panel: str, label: str, better: str, values: dict[str, Any]
     ) -> None:
-        known = {name: float(v) for name, v in values.items() if v is not None}
+        # 0 is no measurement (e.g. every request of an ab run failed): left out, not plotted
+        known = {name: float(v) for name, v in values.items() if v is not None and v > 0}
         if known:
             self.rows.append(Row(group, panel, label, better, known))
 
 
+def clients_label(count: int) -> str:
+    return f"{count} client{'s' if count > 1 else ''}"
+
+
 def stow_rows(b: RowBuilder, plan: dict[str, Any]) -> None:
     for i, clients in enumerate(plan["stow_clients"]):
-        label = f"{clients} client{'s' if clients > 1 else ''}"
+        label = clients_label(clients)
         b.add(
             "stow", "instances/s", label, "higher", lambda s, i=i: s["stow"][i]["instances_per_s"]
         )
@@ -121,7 +126,7 @@ def stow_rows(b: RowBuilder, plan: dict[str, Any]) -> None:
         )
         b.add(
             "ingest_cost",
-            "peak RSS MB (sum of processes)",
+            "peak RSS MB, sum of processes",
             f"STOW-RS, {label}",
             "lower",
             lambda s, i=i: process_totals(s["stow"][i]["resources"])[1],
@@ -131,9 +136,13 @@ def stow_rows(b: RowBuilder, plan: dict[str, Any]) -> None:
 def ingest_rows(b: RowBuilder, results: dict[str, Any]) -> None:
     """Whole-corpus ingest (1 node: folder; N nodes and Orthanc: STOW-RS) and SQS."""
     clients = results["plan"]["load_clients"]
-    whole = f"whole corpus (1 node: folder, others: STOW-RS {clients} clients)"
+    whole = f"whole corpus (1 node: folder; others: STOW-RS x{clients})"
     for panel, key in (("instances/s", "instances_per_s"), ("MB/s", "mb_per_s")):
         b.add("ingest_doors", panel, whole, "higher", lambda s, key=key: s["load"][key])
+        if clients in results["plan"]["stow_clients"]:
+            level = results["plan"]["stow_clients"].index(clients)
+            label = f"STOW-RS x{clients}, {results['plan']['stow_instances']} instances"
+            b.add("ingest_doors", panel, label, "higher", lambda s, i=level, k=key: s["stow"][i][k])
         for run in results.get("sqs_ingest", []):
             value = run["objects_per_s" if key == "instances_per_s" else key]
             label = f"SQS, {run['objects']} objects, {run['daemons']} daemon(s)"
@@ -147,7 +156,7 @@ def ingest_rows(b: RowBuilder, results: dict[str, Any]) -> None:
     )
     b.add(
         "ingest_cost",
-        "peak RSS MB (sum of processes)",
+        "peak RSS MB, sum of processes",
         whole,
         "lower",
         lambda s: process_totals(s["load"]["resources"])[1],
@@ -156,7 +165,7 @@ def ingest_rows(b: RowBuilder, results: dict[str, Any]) -> None:
 
 def qido_rows(b: RowBuilder, results: dict[str, Any]) -> None:
     for row_index, row in enumerate(results["qido"]):
-        panel = f"{row['concurrency']} clients"
+        panel = clients_label(row["concurrency"])
         for stat in ("p50", "p99"):
             b.add(
                 f"qido_{stat}",
@@ -170,14 +179,14 @@ def qido_rows(b: RowBuilder, results: dict[str, Any]) -> None:
 def wado_rows(b: RowBuilder, results: dict[str, Any]) -> None:
     wado = results["wado"]
     for i, row in enumerate(wado["instance"]):
-        label = f"instance, {row['concurrency']} clients"
+        label = f"instance, {clients_label(row['concurrency'])}"
         b.add("wado", "req/s", label, "higher", lambda s, i=i: s["wado"]["instance"][i]["rps"])
         b.add("wado", "MB/s", label, "higher", lambda s, i=i: s["wado"]["instance"][i]["mb_per_s"])
     for i, row in enumerate(wado["series"]):
         b.add(
             "wado",
             "MB/s",
-            f"series, {row['clients']} client",
+            f"series, {clients_label(row['clients'])}",
             "higher",
             lambda s, i=i: s["wado"]["series"][i]["mb_per_s"],
         )
@@ -186,7 +195,7 @@ def wado_rows(b: RowBuilder, results: dict[str, Any]) -> None:
             b.add(
                 "wado_metadata",
                 f"{stat} ms",
-                f"{row['concurrency']} clients",
+                clients_label(row["concurrency"]),
                 "lower",
                 lambda s, i=i, k=f"{stat}_ms": s["wado"]["series_metadata"][i][k],
             )
@@ -206,4 +215,5 @@ def comparison(results: dict[str, Any]) -> dict[str, Any]:
         "lower",
         lambda s: s["disk"]["disk_bytes_per_gb_stored"] / 1e9,
     )
-    return {"targets": target_labels(results), "rows": [row.as_dict() for row in b.rows]}
+    rows = sorted(b.rows, key=lambda row: list(GROUPS).index(row.group))  # stable
+    return {"targets": target_labels(results), "rows": [row.as_dict() for row in rows]}

@@ -46,7 +46,7 @@ def draw_panel(ax: Axes, title: str, rows: list[dict[str, Any]], targets: dict[s
         heights = [r["values"].get(target, 0.0) for r in rows]
         bars = ax.bar(xs, heights, width, label=targets[target], color=COLORS.get(target))
         labels = [
-            f"{h:.3g}" if target in r["values"] else "" for h, r in zip(heights, rows, strict=True)
+            bar_text(h) if target in r["values"] else "" for h, r in zip(heights, rows, strict=True)
         ]
         ax.bar_label(bars, labels=labels, fontsize=7, rotation=90, padding=2)
     if values and max(values) / min(values) > LOG_SCALE_SPAN:
@@ -59,6 +59,10 @@ def draw_panel(ax: Axes, title: str, rows: list[dict[str, Any]], targets: dict[s
     ax.grid(axis="y", alpha=0.3)
 
 
+def bar_text(value: float) -> str:
+    return f"{value:,.0f}" if value >= 100 else f"{value:.3g}"
+
+
 def plot_group(group: str, rows: list[dict[str, Any]], info: dict[str, Any], folder: Path) -> Path:
     title, stem = GROUPS[group]
     by_panel = panels(rows)
@@ -68,9 +72,9 @@ def plot_group(group: str, rows: list[dict[str, Any]], info: dict[str, Any], fol
     for ax, (panel, panel_rows) in zip(axes[0], by_panel.items(), strict=True):
         draw_panel(ax, panel, panel_rows, info["targets"])
     handles, labels = axes[0][0].get_legend_handles_labels()
-    fig.legend(handles, labels, loc="upper right", fontsize=8)
+    fig.legend(handles, labels, loc="lower center", ncol=len(labels), fontsize=9)
     fig.suptitle(f"{title}\n{info['subtitle']}", fontsize=11)
-    fig.tight_layout(rect=(0, 0, 1, 0.95))
+    fig.tight_layout(rect=(0, 0.05, 1, 0.97))
     path = folder / f"{stem}.png"
     fig.savefig(path, dpi=110)
     plt.close(fig)
