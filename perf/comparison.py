@@ -15,7 +15,7 @@ REFERENCE = "orthanc"
 # group -> (title, file name of its plot)
 GROUPS = {
     "stow": ("STOW-RS ingest", "stow"),
-    "ingest_doors": ("Ingest by front door, whole corpus or SQS run", "ingest-doors"),
+    "ingest_doors": ("Ingest by front door (folder, STOW-RS, SQS)", "ingest-doors"),
     "ingest_cost": ("Ingest cost per 1,000 instances", "ingest-cost"),
     "qido_p50": ("QIDO-RS latency p50 (ms)", "qido-p50"),
     "qido_p99": ("QIDO-RS latency p99 (ms)", "qido-p99"),

@@ -71,8 +71,13 @@ def plot_group(group: str, rows: list[dict[str, Any]], info: dict[str, Any], fol
     )
     for ax, (panel, panel_rows) in zip(axes[0], by_panel.items(), strict=True):
         draw_panel(ax, panel, panel_rows, info["targets"])
-    handles, labels = axes[0][0].get_legend_handles_labels()
-    fig.legend(handles, labels, loc="lower center", ncol=len(labels), fontsize=9)
+    legend = {}  # label -> handle, over all panels (a target may miss from some)
+    for ax in axes[0]:
+        for handle, label in zip(*ax.get_legend_handles_labels(), strict=True):
+            legend.setdefault(label, handle)
+    ordered = [label for label in info["targets"].values() if label in legend]
+    handles = [legend[label] for label in ordered]
+    fig.legend(handles, ordered, loc="lower center", ncol=len(ordered), fontsize=9)
     fig.suptitle(f"{title}\n{info['subtitle']}", fontsize=11)
     fig.tight_layout(rect=(0, 0.05, 1, 0.97))
     path = folder / f"{stem}.png"
