@@ -37,6 +37,8 @@ from phase_ingest import (
 )
 from phase_reads import qido_phase, wado_phase
 
+from cloudpacs.embedded import add_id_lookup_indexes
+
 RENDER = REPO / "haproxy" / "render-config.sh"
 BACKEND = "cloudpacs"  # the backend name in haproxy/haproxy.cfg.tmpl
 LOAD_DATABASE = "cluster"
@@ -45,6 +47,18 @@ LOAD_DATABASE = "cluster"
 # length (WADO-RS) close-delimited but keeps the connection open, so the client never sees
 # its end. Closing the server side after each answer avoids that (see the report).
 BENCH_BACKEND_OPTION = "    option http-server-close"
+
+
+@dataclass(frozen=True)
+class SharedDb:
+    """The one FerretDB all nodes use, and the folder of its SQLite files."""
+
+    server: Server
+    data_dir: Path
+
+    @property
+    def uri(self) -> str:
+        return f"mongodb://127.0.0.1:{self.server.port}/"
 
 
 @dataclass
@@ -138,13 +152,16 @@ def start_balancer(work: Path, nodes: list[Server], timeout: float = 30) -> Clus
 
 
 @contextlib.contextmanager
-def running_cluster(work: Path, ferretdb: Server, database: str, count: int) -> Iterator[Cluster]:
-    """`count` serve nodes on `database` of the shared FerretDB, behind HAProxy."""
-    uri = f"mongodb://127.0.0.1:{ferretdb.port}/"
+def running_cluster(work: Path, db: SharedDb, database: str, count: int) -> Iterator[Cluster]:
+    """`count` serve nodes on `database` of the shared FerretDB, behind HAProxy. The SQLite
+    indexes for `_id` lookups are added as the embedded default adds them at start, so that
+    1 node and N nodes differ by topology only."""
     nodes: list[Server] = []
     try:
-        for i in range(1, count + 1):  # one after the other: the first creates the indexes
-            nodes.append(start_cloudpacs("serve", work / f"node-{i}", uri, database))
+        for i in range(1, count + 1):  # one after the other: the first creates the schema
+            nodes.append(start_cloudpacs("serve", work / f"node-{i}", db.uri, database))
+            if i == 1:
+                add_id_lookup_indexes(db.data_dir, database)
         cluster = start_balancer(work, nodes)
     except BaseException:
         for node in nodes:
@@ -161,19 +178,18 @@ def haproxy_version() -> str:
     return done.stdout.split("\n", 1)[0].split()[2]
 
 
-def cluster_stow(ctx: Context, ferretdb: Server, count: int) -> list[dict[str, Any]]:
+def cluster_stow(ctx: Context, db: SharedDb, count: int) -> list[dict[str, Any]]:
     """Each STOW-RS level on a fresh database, as for the single node."""
     files = ctx.corpus.files[: ctx.plan.stow_instances]
-    uri = f"mongodb://127.0.0.1:{ferretdb.port}/"
     levels = []
     for clients in ctx.plan.stow_clients:
         database = f"cluster_stow_c{clients}"
         log(f"{count} nodes STOW-RS: {len(files)} instances, {clients} client(s), {database}")
         work = ctx.run_dir / f"cluster-{database}"
-        with running_cluster(work, ferretdb, database, count) as cluster:
+        with running_cluster(work, db, database, count) as cluster:
             url = f"{cluster.root}/studies"
-            levels.append(stow_level(url, cluster.pids(ferretdb), files, clients, ctx.plan))
-        drop_database(uri, database)
+            levels.append(stow_level(url, cluster.pids(db.server), files, clients, ctx.plan))
+        drop_database(db.uri, database)
         log(f"  -> {levels[-1]['instances_per_s']} instances/s, {levels[-1]['mb_per_s']} MB/s")
     return levels
 
@@ -181,20 +197,22 @@ def cluster_stow(ctx: Context, ferretdb: Server, count: int) -> list[dict[str, A
 def cluster_phase(ctx: Context, count: int) -> dict[str, Any]:
     """STOW-RS levels, then the whole corpus over STOW-RS, QIDO-RS, WADO-RS, disk use."""
     db_dir = ctx.run_dir / "ferretdb-cluster"
-    ferretdb = start_ferretdb(db_dir)
+    db = SharedDb(start_ferretdb(db_dir), db_dir)
     out: dict[str, Any] = {
         "nodes": count,
         "haproxy": haproxy_version(),
         "haproxy_config": "haproxy/render-config.sh --unprivileged, plus in the backend: "
         + BENCH_BACKEND_OPTION.strip(),
+        "shared_ferretdb": "one FerretDB (SQLite), with the `_id` lookup indexes the embedded "
+        "default adds (cloudpacs.embedded.add_id_lookup_indexes)",
     }
     clients = ctx.plan.load_clients
     try:
-        out["stow"] = cluster_stow(ctx, ferretdb, count)
+        out["stow"] = cluster_stow(ctx, db, count)
         work = ctx.run_dir / "cluster-main"
-        with running_cluster(work, ferretdb, LOAD_DATABASE, count) as cluster:
-            target = Target(f"cloudpacs-{count}-nodes", cluster.root, cluster.pids(ferretdb))
-            out["commands"] = cluster.commands(ferretdb, LOAD_DATABASE)
+        with running_cluster(work, db, LOAD_DATABASE, count) as cluster:
+            target = Target(f"cloudpacs-{count}-nodes", cluster.root, cluster.pids(db.server))
+            out["commands"] = cluster.commands(db.server, LOAD_DATABASE)
             log(f"{count} nodes: the whole corpus over STOW-RS ({clients} clients) via HAProxy")
             out["load"] = stow_level(
                 f"{target.root}/studies", dict(target.pids), ctx.corpus.files, clients, ctx.plan
@@ -204,7 +222,7 @@ def cluster_phase(ctx: Context, count: int) -> dict[str, Any]:
             out["qido"] = qido_phase(ctx, target)
             out["wado"] = wado_phase(ctx, target)
     finally:
-        ferretdb.stop()
+        db.server.stop()
     out["disk"] = disk_usage(sqlite_files(db_dir, LOAD_DATABASE), ctx.corpus.total_bytes)
     log(f"{count} nodes disk: {out['disk']}")
     return out
