@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -82,6 +83,12 @@ class Target:
     name: str
     root: str
     pids: dict[str, int]
+    # waits until the target is whole again before a measurement (HAProxy: every node UP)
+    settle: Callable[[], None] | None = None
+
+    def ready(self) -> None:
+        if self.settle is not None:
+            self.settle()
 
 
 def log(message: str) -> None:

@@ -110,6 +110,10 @@ def report_target(title: str, section: dict[str, Any]) -> list[str]:
     ]
     lines += report_qido(section["qido"])
     lines += report_wado(section["wado"])
+    if "times_taken_down" in section:
+        lines.append(
+            f"    HAProxy took nodes out (failed /readyz checks): {section['times_taken_down']}"
+        )
     return lines + report_disk(section.get("disk"))
 
 

@@ -42,6 +42,7 @@ from cloudpacs.embedded import add_id_lookup_indexes
 RENDER = REPO / "haproxy" / "render-config.sh"
 BACKEND = "cloudpacs"  # the backend name in haproxy/haproxy.cfg.tmpl
 LOAD_DATABASE = "cluster"
+SETTLE_SECONDS = 120  # a node out of rotation after a load level is back within this
 # The one change to the production config. ab speaks HTTP/1.0, and HAProxy forwards such a
 # request asking the node for keep-alive; cloudpacs (aiohttp) then streams an answer of unknown
 # length (WADO-RS) close-delimited but keeps the connection open, so the client never sees
@@ -118,19 +119,35 @@ def render_config(work: Path, port: int, stats_port: int, nodes: list[Server]) -
     return config
 
 
-def servers_up(stats_port: int) -> int:
-    """How many servers of the backend HAProxy's stats CSV shows UP."""
+def server_rows(stats_port: int) -> list[dict[str, str]]:
+    """The rows of the backend's servers in HAProxy's stats CSV."""
     url = f"http://127.0.0.1:{stats_port}/stats;csv"
-    with urllib.request.urlopen(url, timeout=2) as answer:
+    with urllib.request.urlopen(url, timeout=5) as answer:
         text = answer.read().decode().lstrip("# ")
-    rows = csv.DictReader(io.StringIO(text))
-    return sum(
-        1
-        for row in rows
-        if row["pxname"] == BACKEND
-        and row["svname"] not in ("FRONTEND", "BACKEND")
-        and row["status"] == "UP"
-    )
+    return [
+        row
+        for row in csv.DictReader(io.StringIO(text))
+        if row["pxname"] == BACKEND and row["svname"] not in ("FRONTEND", "BACKEND")
+    ]
+
+
+def servers_up(stats_port: int) -> int:
+    return sum(1 for row in server_rows(stats_port) if row["status"] == "UP")
+
+
+def wait_all_up(cluster: Cluster, timeout: float) -> None:
+    """Until HAProxy has every node UP: a saturated node can miss its health checks
+    (/readyz, 1 s timeout) and leave the rotation for a while."""
+    deadline = time.monotonic() + timeout
+    while servers_up(cluster.stats_port) < len(cluster.nodes):
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"HAProxy: not all nodes UP after {timeout}s")
+        time.sleep(0.2)
+
+
+def times_taken_down(cluster: Cluster) -> dict[str, int]:
+    """How often HAProxy took each node out of rotation (failed health checks)."""
+    return {row["svname"]: int(row["chkdown"] or 0) for row in server_rows(cluster.stats_port)}
 
 
 def start_balancer(work: Path, nodes: list[Server], timeout: float = 30) -> Cluster:
@@ -140,11 +157,7 @@ def start_balancer(work: Path, nodes: list[Server], timeout: float = 30) -> Clus
     cluster = Cluster(nodes, balancer, stats_port)
     try:
         wait_port(port, 10, balancer.proc)
-        deadline = time.monotonic() + timeout
-        while servers_up(stats_port) < len(nodes):
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"HAProxy: not all {len(nodes)} nodes UP, see {balancer.log}")
-            time.sleep(0.2)
+        wait_all_up(cluster, timeout)
     except BaseException:
         cluster.stop()
         raise
@@ -189,6 +202,7 @@ def cluster_stow(ctx: Context, db: SharedDb, count: int) -> list[dict[str, Any]]
         with running_cluster(work, db, database, count) as cluster:
             url = f"{cluster.root}/studies"
             levels.append(stow_level(url, cluster.pids(db.server), files, clients, ctx.plan))
+            levels[-1]["times_taken_down"] = times_taken_down(cluster)
         drop_database(db.uri, database)
         log(f"  -> {levels[-1]['instances_per_s']} instances/s, {levels[-1]['mb_per_s']} MB/s")
     return levels
@@ -211,7 +225,12 @@ def cluster_phase(ctx: Context, count: int) -> dict[str, Any]:
         out["stow"] = cluster_stow(ctx, db, count)
         work = ctx.run_dir / "cluster-main"
         with running_cluster(work, db, LOAD_DATABASE, count) as cluster:
-            target = Target(f"cloudpacs-{count}-nodes", cluster.root, cluster.pids(db.server))
+            target = Target(
+                f"cloudpacs-{count}-nodes",
+                cluster.root,
+                cluster.pids(db.server),
+                settle=lambda: wait_all_up(cluster, SETTLE_SECONDS),
+            )
             out["commands"] = cluster.commands(db.server, LOAD_DATABASE)
             log(f"{count} nodes: the whole corpus over STOW-RS ({clients} clients) via HAProxy")
             out["load"] = stow_level(
@@ -221,6 +240,7 @@ def cluster_phase(ctx: Context, count: int) -> dict[str, Any]:
             out["archive_check"] = check_archive(target.root, ctx.corpus)
             out["qido"] = qido_phase(ctx, target)
             out["wado"] = wado_phase(ctx, target)
+            out["times_taken_down"] = times_taken_down(cluster)
     finally:
         db.server.stop()
     out["disk"] = disk_usage(sqlite_files(db_dir, LOAD_DATABASE), ctx.corpus.total_bytes)

@@ -102,9 +102,11 @@ def qido_phase(ctx: Context, target: Target) -> list[dict[str, Any]]:
     levels = list(zip(ctx.plan.qido_clients, ctx.plan.qido_requests, strict=True))
     for name, path in qido_queries(ctx.corpus).items():
         url = f"{target.root}{path}"
+        target.ready()
         matches = len(http_json(url))
         single = single_latency(url, JSON_ACCEPT)
         for clients, requests in levels:
+            target.ready()
             row = run_load(ctx, Load(url, JSON_ACCEPT, clients, requests), single)
             rows.append({"query": name, "path": path, "matches": matches, **row})
             log(
@@ -127,6 +129,7 @@ def wado_instances(ctx: Context, target: Target, study: dict[str, Any]) -> list[
     rows = []
     levels = zip(ctx.plan.wado_clients, ctx.plan.wado_instance_requests, strict=True)
     for clients, requests in levels:
+        target.ready()
         row = run_load(ctx, Load(url, DICOM_ACCEPT, clients, requests, False), single)
         rows.append({"instance_bytes": item["size"], **row})
         log(
@@ -142,6 +145,7 @@ def wado_metadata(ctx: Context, target: Target, study: dict[str, Any]) -> list[d
     instances = sum(1 for i in study["instances"] if i["series"] == study["series"])
     rows = []
     for clients, requests in zip(ctx.plan.wado_clients, ctx.plan.metadata_requests, strict=True):
+        target.ready()
         row = run_load(ctx, Load(url, JSON_ACCEPT, clients, requests, False), single)
         rows.append({"series_instances": instances, **row})
         log(
@@ -191,6 +195,7 @@ def wado_series(ctx: Context, target: Target) -> list[dict[str, Any]]:
     urls = [f"{target.root}/studies/{st}/series/{se}" for st, se, _ in chosen]
     rows = []
     for clients in ctx.plan.series_clients:
+        target.ready()
         started = time.perf_counter()
         received, latencies, errors = asyncio.run(
             fetch_all(urls, clients, started + ctx.plan.ab_time_limit, {"Accept": DICOM_ACCEPT})
