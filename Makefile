@@ -2,6 +2,7 @@
 SHELL := /bin/bash
 PY := .venv/bin/python
 VENV_STAMP := .venv/.installed
+PERF_STAMP := .venv/.installed-perf
 FERRETDB := .tools/bin/ferretdb
 
 .PHONY: run test lint typecheck bench deps ferretdb system-deps clean
@@ -25,9 +26,15 @@ lint: $(VENV_STAMP)
 typecheck: $(VENV_STAMP)
 	.venv/bin/mypy cloudpacs
 
-bench: deps
-	scripts/install-system-deps.sh apache2-utils
-	$(PY) perf/bench_core.py
+# The whole comparison (perf/RESULTS.md): cloudpacs on one node and on N nodes behind
+# HAProxy, and Orthanc, on the same corpus; ratios, plots, results in perf/results/.
+bench: deps $(PERF_STAMP)
+	scripts/install-system-deps.sh apache2-utils haproxy orthanc orthanc-dicomweb
+	$(PY) perf/bench_core.py --with-orthanc --nodes 2 --publish
+
+$(PERF_STAMP): $(VENV_STAMP)
+	.venv/bin/pip install -q -e '.[dev,perf]'
+	touch $(PERF_STAMP)
 
 deps: $(VENV_STAMP) ferretdb
 

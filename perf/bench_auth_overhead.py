@@ -16,7 +16,7 @@ import sys
 import time
 from pathlib import Path
 
-from bench_core import JSON_ACCEPT
+from bench_context import JSON_ACCEPT
 from bench_security import create_token, stow
 from benchlib import OUT, Server, cpu_seconds, free_port, run_ab, spawn, start_ferretdb, when_ready
 from corpus import CorpusParams, ensure_corpus

@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
-from bench_core import DICOM_ACCEPT, JSON_ACCEPT, StowStats, multipart_bodies, stow_post
+from bench_context import DICOM_ACCEPT, JSON_ACCEPT
 from benchlib import (
     OUT,
     REPO,
@@ -42,6 +42,7 @@ from benchlib import (
     when_ready,
 )
 from corpus import CorpusParams, ensure_corpus
+from phase_ingest import StowStats, multipart_bodies, stow_post
 
 BASELINE = "fef1599"  # main before authentication, projects and audit (issue #5)
 MODES = ("before", "secured")

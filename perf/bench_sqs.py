@@ -96,10 +96,10 @@ def run(
     put_at: dict[str, datetime] = {}
     total_bytes = 0
     started = time.monotonic()
-    for path in files:
+    for i, path in enumerate(files):
         data = path.read_bytes()
         total_bytes += len(data)
-        key = f"in/{path.name}"
+        key = f"in/{i:05d}-{path.name}"  # corpus files in different folders share names
         put_at[f"s3://{name}/{key}"] = datetime.now(UTC)
         clients.s3.put_object(Bucket=name, Key=key, Body=data)
     put_seconds = time.monotonic() - started
@@ -130,20 +130,15 @@ def run(
     }
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--objects", type=int, default=300)
-    parser.add_argument("--daemons", type=int, nargs="+", default=[1, 3])
-    args = parser.parse_args()
+def sqs_ingest(files: list[Path], daemons: list[int], work: Path) -> list[dict[str, Any]]:
+    """One `run` per daemon count, on a moto server (S3 + SQS) in this process and a FerretDB
+    of its own; perf/bench_core.py calls it too."""
     for key, value in (("AWS_ACCESS_KEY_ID", "bench"), ("AWS_SECRET_ACCESS_KEY", "bench")):
         os.environ.setdefault(key, value)
     from moto.server import ThreadedMotoServer
 
     logging.getLogger("werkzeug").setLevel(logging.WARNING)
-
-    work = OUT / f"sqs-{time.strftime('%Y%m%d-%H%M%S')}"
     work.mkdir(parents=True)
-    files = corpus(OUT / f"corpus-sqs-{args.objects}", args.objects)
     moto_port, db_port = free_port(), free_port()
     moto = ThreadedMotoServer(ip_address="127.0.0.1", port=moto_port, verbose=False)
     moto.start()
@@ -162,12 +157,23 @@ def main() -> None:
         wait_port(db_port, 20)
         results = [
             run(n, files, f"http://127.0.0.1:{moto_port}", f"mongodb://127.0.0.1:{db_port}/", work)
-            for n in args.daemons
+            for n in daemons
         ]
     finally:
         os.kill(ferret.pid, signal.SIGTERM)
         ferret.wait(20)
         moto.stop()
+    return results
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--objects", type=int, default=300)
+    parser.add_argument("--daemons", type=int, nargs="+", default=[1, 3])
+    args = parser.parse_args()
+    files = corpus(OUT / f"corpus-sqs-{args.objects}", args.objects)
+    work = OUT / f"sqs-{time.strftime('%Y%m%d-%H%M%S')}"
+    results = sqs_ingest(files, args.daemons, work)
     report = {
         "command": " ".join(["perf/bench_sqs.py", *sys.argv[1:]]),
         "nproc": os.cpu_count(),

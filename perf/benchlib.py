@@ -9,6 +9,7 @@ import csv
 import os
 import platform
 import re
+import shlex
 import signal
 import socket
 import subprocess
@@ -228,6 +229,12 @@ def start_archive(
     return Archive(server, pid, f"mongodb://127.0.0.1:{port}/", database, embedded=True)
 
 
+def command_line(server: Server, env: Mapping[str, str] | None = None) -> str:
+    """The shell command that started `server`, with the environment it was given."""
+    words = [f"{k}={v}" for k, v in (env or {}).items()]
+    return shlex.join([*words, *(str(a) for a in server.proc.args)])
+
+
 @contextlib.contextmanager
 def running(server: Server) -> Iterator[Server]:
     try:
@@ -370,6 +377,7 @@ class AbResult:
     non_2xx: int
     bytes_total: int
     error: str = ""
+    command: str = ""
 
     @property
     def mb_per_s(self) -> float:
@@ -451,6 +459,7 @@ def run_ab(
         non_2xx=int(_ab_number(text, "Non-2xx responses")),
         bytes_total=int(_ab_number(text, "Total transferred")),
         error=error,
+        command=shlex.join([*argv, url]),
     )
 
 
