@@ -43,11 +43,6 @@ RENDER = REPO / "haproxy" / "render-config.sh"
 BACKEND = "cloudpacs"  # the backend name in haproxy/haproxy.cfg.tmpl
 LOAD_DATABASE = "cluster"
 SETTLE_SECONDS = 120  # a node out of rotation after a load level is back within this
-# The one change to the production config. ab speaks HTTP/1.0, and HAProxy forwards such a
-# request asking the node for keep-alive; cloudpacs (aiohttp) then streams an answer of unknown
-# length (WADO-RS) close-delimited but keeps the connection open, so the client never sees
-# its end. Closing the server side after each answer avoids that (see the report).
-BENCH_BACKEND_OPTION = "    option http-server-close"
 
 
 @dataclass(frozen=True)
@@ -91,8 +86,8 @@ class Cluster:
 
 
 def render_config(work: Path, port: int, stats_port: int, nodes: list[Server]) -> Path:
-    """haproxy/render-config.sh for an unprivileged HAProxy on loopback, plus
-    BENCH_BACKEND_OPTION; validated by `haproxy -c`."""
+    """haproxy/render-config.sh (the production template) for an unprivileged HAProxy on
+    loopback; validated by `haproxy -c`."""
     work.mkdir(parents=True, exist_ok=True)
     config = work / "haproxy.cfg"
     subprocess.run(
@@ -109,12 +104,6 @@ def render_config(work: Path, port: int, stats_port: int, nodes: list[Server]) -
         capture_output=True,
         timeout=30,
     )
-    text = config.read_text().replace(
-        "    option forwardfor\n", f"    option forwardfor\n{BENCH_BACKEND_OPTION}\n", 1
-    )
-    if BENCH_BACKEND_OPTION not in text:
-        raise RuntimeError("haproxy/haproxy.cfg.tmpl changed: no `option forwardfor` line")
-    config.write_text(text)
     subprocess.run(["haproxy", "-c", "-q", "-f", str(config)], check=True, timeout=30)
     return config
 
@@ -215,8 +204,7 @@ def cluster_phase(ctx: Context, count: int) -> dict[str, Any]:
     out: dict[str, Any] = {
         "nodes": count,
         "haproxy": haproxy_version(),
-        "haproxy_config": "haproxy/render-config.sh --unprivileged, plus in the backend: "
-        + BENCH_BACKEND_OPTION.strip(),
+        "haproxy_config": "haproxy/render-config.sh --unprivileged",
         "shared_ferretdb": "one FerretDB (SQLite), with the `_id` lookup indexes the embedded "
         "default adds (cloudpacs.embedded.add_id_lookup_indexes)",
     }

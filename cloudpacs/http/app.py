@@ -5,7 +5,7 @@ from __future__ import annotations
 from aiohttp import web
 
 from cloudpacs.http.access import access_middleware
-from cloudpacs.http.middleware import error_middleware, lift_deadline
+from cloudpacs.http.middleware import close_unsized_http10, error_middleware, lift_deadline
 from cloudpacs.http.routes import add_routes
 from cloudpacs.http.services import SERVICES, Services
 from cloudpacs.http.stow import UPLOAD_SLOTS, UploadSlots
@@ -28,6 +28,7 @@ def create_app(services: Services, ops_only: bool = False) -> web.Application:
         handler_args={"max_line_size": MAX_LINE_SIZE, "max_field_size": MAX_FIELD_SIZE},
     )
     app.on_response_prepare.append(lift_deadline)
+    app.on_response_prepare.append(close_unsized_http10)
     app[SERVICES] = services
     app[UPLOAD_SLOTS] = UploadSlots(settings.max_concurrent_uploads)
     add_routes(app, ops_only)

@@ -13,7 +13,7 @@ import logging
 import time
 import uuid
 
-from aiohttp import web
+from aiohttp import HttpVersion11, web
 from aiohttp.typedefs import Middleware
 
 from cloudpacs import errors
@@ -134,6 +134,15 @@ async def lift_deadline(request: web.Request, response: web.StreamResponse) -> N
     deadline = request.get(DEADLINE)
     if deadline is not None:
         deadline.reschedule(None)
+
+
+async def close_unsized_http10(request: web.Request, response: web.StreamResponse) -> None:
+    """on_response_prepare: an HTTP/1.0 client has no chunked encoding, so the end of a
+    streamed answer (no Content-Length) is the connection closing. aiohttp keeps it open
+    when the client asked for keep-alive (as ab and HAProxy do), and the client then waits
+    for ever."""
+    if request.version < HttpVersion11 and response.content_length is None:
+        response.force_close()
 
 
 def _route_template(request: web.Request) -> str:
