@@ -26,9 +26,10 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
-from bench_core import DICOM_ACCEPT, StowStats, multipart_bodies, stow_post
+from bench_context import DICOM_ACCEPT
 from benchlib import OUT, machine, reset_peak_rss, rss_kb, start_archive, status_kb
 from corpus import Patient, SeriesPlan, StudyPlan, uid, write_one
+from phase_ingest import StowStats, multipart_bodies, stow_post
 
 SEED = 11
 TARGET_RSS_MB = 300

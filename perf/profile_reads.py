@@ -27,13 +27,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-from bench_core import (
-    JSON_ACCEPT,
-    multipart_bodies,
-    qido_queries,
-    stow_clients,
-    typical_study,
-)
+from bench_context import JSON_ACCEPT
 from benchlib import (
     FERRETDB,
     OUT,
@@ -47,6 +41,8 @@ from benchlib import (
     start_ferretdb,
 )
 from corpus import CorpusParams, ensure_corpus
+from phase_ingest import multipart_bodies, stow_clients
+from phase_reads import qido_queries, typical_study
 
 sys.path.insert(0, str(REPO))
 from cloudpacs.embedded import add_id_lookup_indexes
