@@ -35,6 +35,7 @@ from bench_core import (
     Load,
     Plan,
     http_json,
+    id_lookup_indexes,
     log,
     run_load,
     single_latency,
@@ -172,6 +173,7 @@ def load_increment(
         )
     out["cloudpacs"]["resources"] = watch.result
     out["cloudpacs"]["id_lookup_indexes_added"] = add_id_lookup_indexes(home / "db", DATABASE)
+    out["cloudpacs"]["id_lookup_indexes"] = id_lookup_indexes(home, systems.cloudpacs)
     log(f"  -> {out['cloudpacs']['instances_per_s']} instances/s")
     log(f"Orthanc: POST {n} instances, {plan.orthanc_clients} clients")
     with ResourceWatch(systems.pids("orthanc")) as watch:
