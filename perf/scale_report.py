@@ -17,7 +17,7 @@ SYSTEMS = ("cloudpacs", "orthanc")
 
 
 def rows_by_key(step: dict[str, Any], system: str) -> dict[tuple[str, int], dict[str, Any]]:
-    rows = step["qido"][system]["rows"]
+    rows = step["qido"].get(system, {}).get("rows", [])
     return {(r["query"], r["concurrency"]): r for r in rows}
 
 
