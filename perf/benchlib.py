@@ -213,14 +213,19 @@ class Archive:
 
 
 def start_archive(
-    command: str, home: Path, database: str, external: Server | None = None
+    command: str,
+    home: Path,
+    database: str,
+    external: Server | None = None,
+    extra_env: Mapping[str, str] | None = None,
 ) -> Archive:
-    """cloudpacs on its embedded FerretDB, or on `external` (a FerretDB we started)."""
+    """cloudpacs on its embedded FerretDB, or on `external` (a FerretDB we started);
+    `extra_env` adds CLOUDPACS_* settings."""
     if external is not None:
         uri = f"mongodb://127.0.0.1:{external.port}/"
-        server = start_cloudpacs(command, home, uri, database)
+        server = start_cloudpacs(command, home, uri, database, extra_env)
         return Archive(server, external.pid, uri, database, embedded=False)
-    server = start_cloudpacs(command, home, None, database)
+    server = start_cloudpacs(command, home, None, database, extra_env)
     try:
         pid, port = embedded_ferretdb(server.pid)
     except BaseException:
