@@ -30,19 +30,12 @@ from datetime import date, timedelta
 from pathlib import Path
 from typing import Any
 
-from bench_core import (
-    JSON_ACCEPT,
-    Context,
-    Load,
-    Plan,
-    id_lookup_indexes,
-    log,
-    run_load,
-    single_latency,
-)
+from bench_context import JSON_ACCEPT, Context, Plan, log
 from benchlib import OUT, REPO, Archive, ResourceWatch, Server, machine, start_archive
 from corpus import Corpus, CorpusParams
 from orthanc_server import orthanc_get, orthanc_versions, start_orthanc
+from phase_ingest import id_lookup_indexes
+from phase_reads import Load, run_load, single_latency
 from pymongo import MongoClient
 from scale_corpus import ScaleCorpus, ScaleStudy
 from scale_load import load_cloudpacs, load_orthanc, verify_direct_load, wait_idle

@@ -34,7 +34,7 @@ from cloudpacs.metrics import Metrics
 from cloudpacs.storage import documents
 from cloudpacs.storage.database import Database, open_database
 from cloudpacs.storage.instances import InstanceStore
-from cloudpacs.storage.schema import INSTANCES, LOCKS
+from cloudpacs.storage.schema import CHECKPOINTS, INSTANCES, LOCKS, STUDY_LOOKUP
 
 PROJECT = "default"  # cloudpacs's default project (settings.default_project)
 SOURCE_KIND = "import"  # what `cloudpacs import` records as the source
@@ -103,10 +103,17 @@ class DirectLoader:
         await self.store.recompute_rollups(study)
         await self.main.db[INSTANCES].insert_many(docs, ordered=False)
         for name in await scratch.list_collection_names():
-            if name in (INSTANCES, LOCKS):
+            if name in (INSTANCES, LOCKS, CHECKPOINTS):  # the main archive has its own
                 continue
             copies = await scratch[name].find({}).to_list(None)
-            if copies:
+            if name == STUDY_LOOKUP:  # entries are shared by the studies of one patient
+                for entry in copies:
+                    await self.main.db[name].update_one(
+                        {"_id": entry["_id"]},
+                        {"$addToSet": {"studies": {"$each": entry["studies"]}}},
+                        upsert=True,
+                    )
+            elif copies:
                 await self.main.db[name].insert_many(copies, ordered=False)
 
 
