@@ -300,17 +300,14 @@ def instance_extra(study: StudyPlan, series: SeriesPlan, i: int, seed: int) -> d
     return extra
 
 
-def write_one(
-    folder: Path, study: StudyPlan, series: SeriesPlan, i: int, seed: int
-) -> dict[str, Any]:
-    sop_uid = uid(seed, "sop", series.uid, i)
-    size = 512 if study.modality == "CT" else 256
-    spec = Spec(
+def instance_spec(study: StudyPlan, series: SeriesPlan, i: int, seed: int, size: int) -> Spec:
+    """The attributes of instance `i` of a series (pixels `size` x `size`, not filled in)."""
+    return Spec(
         patient_id=study.patient.patient_id,
         patient_name=study.patient.name,
         study_uid=study.uid,
         series_uid=series.uid,
-        sop_uid=sop_uid,
+        sop_uid=uid(seed, "sop", series.uid, i),
         modality=study.modality,
         study_date=study.study_date,
         study_time=study.study_time,
@@ -323,6 +320,14 @@ def write_one(
         columns=size,
         extra=instance_extra(study, series, i, seed),
     )
+
+
+def write_one(
+    folder: Path, study: StudyPlan, series: SeriesPlan, i: int, seed: int
+) -> dict[str, Any]:
+    size = 512 if study.modality == "CT" else 256
+    spec = instance_spec(study, series, i, seed, size)
+    sop_uid = spec.sop_uid
     ds = make_dataset(spec)
     rng = np.random.default_rng([seed, pixel_seed(sop_uid)])
     make = ct_pixels if study.modality == "CT" else mr_pixels
@@ -331,9 +336,16 @@ def write_one(
     path = folder / rel
     path.parent.mkdir(parents=True, exist_ok=True)
     ds.save_as(path, enforce_file_format=True)
+    return manifest_row(str(rel), path.stat().st_size, study, series, sop_uid)
+
+
+def manifest_row(
+    rel: str, size: int, study: StudyPlan, series: SeriesPlan, sop_uid: str
+) -> dict[str, Any]:
+    """What the manifest records of one instance file."""
     return {
-        "path": str(rel),
-        "size": path.stat().st_size,
+        "path": rel,
+        "size": size,
         "sop": sop_uid,
         "series": series.uid,
         "study": study.uid,

@@ -28,14 +28,14 @@ from corpus import (
     Patient,
     SeriesPlan,
     StudyPlan,
-    instance_extra,
+    instance_spec,
     make_patients,
     make_study,
+    manifest_row,
     pixel_seed,
-    uid,
 )
 
-from tests.factory import Spec, make_dataset
+from tests.factory import make_dataset
 
 PIXELS = 8  # rows = columns: metadata is what a scale run measures
 STUDY_INSTANCES = (50, 201)  # instances per study, uniform in [low, high)
@@ -125,40 +125,13 @@ def write_small(
     folder: Path, study: StudyPlan, series: SeriesPlan, i: int, seed: int
 ) -> dict[str, Any]:
     """One instance with perf/corpus.py's attributes and 8x8 pixels from the seed."""
-    sop_uid = uid(seed, "sop", series.uid, i)
-    extra = instance_extra(study, series, i, seed)
-    spec = Spec(
-        patient_id=study.patient.patient_id,
-        patient_name=study.patient.name,
-        study_uid=study.uid,
-        series_uid=series.uid,
-        sop_uid=sop_uid,
-        modality=study.modality,
-        study_date=study.study_date,
-        study_time=study.study_time,
-        accession=study.accession,
-        study_description=study.description,
-        series_description=series.description,
-        series_number=series.number,
-        instance_number=i + 1,
-        rows=PIXELS,
-        columns=PIXELS,
-        extra=extra,
-    )
+    spec = instance_spec(study, series, i, seed, PIXELS)
+    sop_uid = spec.sop_uid
     path = folder / f"{series.number:02d}-{i + 1:04d}.dcm"
     path.parent.mkdir(parents=True, exist_ok=True)
     ds = make_dataset(spec)
     rng = np.random.default_rng([seed, pixel_seed(sop_uid)])  # make_dataset's pixels use hash()
     ds.PixelData = rng.integers(0, 4096, (PIXELS, PIXELS), dtype=np.uint16).tobytes()
     ds.save_as(path, enforce_file_format=True)
-    return {
-        "path": str(path.relative_to(folder.parent)),
-        "size": path.stat().st_size,
-        "sop": sop_uid,
-        "series": series.uid,
-        "study": study.uid,
-        "patient_id": study.patient.patient_id,
-        "patient_name": study.patient.name,
-        "modality": study.modality,
-        "study_date": study.study_date,
-    }
+    rel = str(path.relative_to(folder.parent))
+    return manifest_row(rel, path.stat().st_size, study, series, sop_uid)
