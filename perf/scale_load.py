@@ -26,6 +26,7 @@ from typing import Any
 
 from benchlib import Server, cpu_seconds
 from orthanc_server import orthanc_post_file
+from pymongo.errors import DuplicateKeyError
 from scale_corpus import ScaleCorpus, ScaleStudy
 
 from cloudpacs.dicom.parse import parse_file
@@ -108,13 +109,22 @@ class DirectLoader:
             copies = await scratch[name].find({}).to_list(None)
             if name == STUDY_LOOKUP:  # entries are shared by the studies of one patient
                 for entry in copies:
-                    await self.main.db[name].update_one(
-                        {"_id": entry["_id"]},
-                        {"$addToSet": {"studies": {"$each": entry["studies"]}}},
-                        upsert=True,
-                    )
+                    await merge_lookup_entry(self.main.db[name], entry)
             elif copies:
                 await self.main.db[name].insert_many(copies, ordered=False)
+
+
+async def merge_lookup_entry(collection: Any, entry: dict[str, Any]) -> None:
+    """Add a study lookup entry's studies; concurrent upserts of one new _id make FerretDB
+    answer DuplicateKeyError to all but one, and the others then update."""
+    update = {"$addToSet": {"studies": {"$each": entry["studies"]}}}
+    for attempt in range(3):
+        try:
+            await collection.update_one({"_id": entry["_id"]}, update, upsert=True)
+            return
+        except DuplicateKeyError:
+            if attempt == 2:
+                raise
 
 
 def load_cloudpacs(
