@@ -87,15 +87,15 @@ class SearchService:
         return [_study_json(doc, query, base_url) for doc in docs]
 
     async def _series(self, query: QidoQuery, scope: Scope, base_url: str) -> list[dict[str, Any]]:
+        if scope.study and not query.matches:
+            listed = await self._series_of(scope)
+            if listed is not None:
+                return [_series_json(doc, None, query, base_url) for doc in _page(listed, query)]
         own = [m for m in query.matches if m.tag in SERIES_FIELDS]
         study_level = [
             m for m in query.matches if m.tag not in SERIES_FIELDS and m.tag in STUDY_FIELDS
         ]
         other = [m for m in query.matches if m.tag not in SERIES_FIELDS | STUDY_FIELDS]
-        if scope.study and not query.matches:
-            listed = await self._series_of(scope)
-            if listed is not None:
-                return [_series_json(doc, None, query, base_url) for doc in _page(listed, query)]
         conditions = [_on(m, SERIES_KEYS) for m in own] + [scope.project_filter()]
         if scope.study:
             conditions.append({"study": scope.study})

@@ -81,7 +81,7 @@ class InstanceStore:
         # Rollup updates of a study are serialised across processes (see storage.locks).
         self.locks = Locks(self.db, utcnow)
         self._database = database
-        self._in_scans_collection: bool | None = None  # learnt from the server on first use
+        self._ferretdb: bool | None = None  # learnt from the server on first use
         self._lookup_ready = False
 
     # ---- write path -------------------------------------------------------------------
@@ -347,9 +347,9 @@ class InstanceStore:
         return [found[key] for key in ids if key in found]
 
     async def _in_scans(self) -> bool:
-        if self._in_scans_collection is None:
-            self._in_scans_collection = (await self._database.server_info()).ferretdb
-        return self._in_scans_collection
+        if self._ferretdb is None:
+            self._ferretdb = (await self._database.server_info()).ferretdb
+        return self._ferretdb
 
     async def looked_up_studies(self, key: str, values: Sequence[Any]) -> set[str] | None:
         """UIDs of the studies whose `key` (one of documents.LOOKUP_KEYS) had one of `values`
