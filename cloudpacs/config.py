@@ -21,6 +21,7 @@ from cloudpacs.projects import ProjectRules
 ENV_PREFIX = "CLOUDPACS_"
 CONFLICT_POLICIES = ("keep-first", "overwrite")
 AFTER_INGEST_ACTIONS = ("delete", "move")
+FILE_STORES = ("auto", "gridfs", "directory")  # see storage.file_stores
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 # asymmetric signatures only: no "none", and no HS* (a shared secret would let any verifier
 # mint tokens, and invites the RS/HS key-confusion attack)
@@ -38,6 +39,9 @@ class Settings:
     metrics_port: int | None = None
     mongo_uri: str | None = field(default=None, repr=False)
     database: str = "cloudpacs"
+    # where original bytes live: auto = files under home when embedded, GridFS on MongoDB
+    file_store: str = "auto"
+    file_store_dir: Path | None = None  # the directory store's root; home/store if unset
     ferretdb_binary: Path = Path(".tools/bin/ferretdb")
     conflict_policy: str = "keep-first"
     after_ingest: str = "delete"
@@ -98,6 +102,10 @@ class Settings:
     @property
     def failed_dir(self) -> Path:
         return self.home / "failed"
+
+    @property
+    def file_dir(self) -> Path:
+        return self.file_store_dir if self.file_store_dir is not None else self.home / "store"
 
     @property
     def embedded_db_dir(self) -> Path:
@@ -264,6 +272,7 @@ def _validate_limits(s: Settings) -> None:
 def _validate(s: Settings) -> None:
     _one_of("conflict_policy", s.conflict_policy, CONFLICT_POLICIES)
     _one_of("after_ingest", s.after_ingest, AFTER_INGEST_ACTIONS)
+    _one_of("file_store", s.file_store, FILE_STORES)
     _validate_limits(s)
     if not 0 < s.http_port < 65536:
         raise ConfigError("http_port must be between 1 and 65535")

@@ -1,4 +1,5 @@
-"""WADO-RS retrieve service: instances, metadata, bulk data and frames, streamed from GridFS.
+"""WADO-RS retrieve service: instances, metadata, bulk data and frames, streamed from the
+archive's file store.
 
 Stored bytes are streamed chunk by chunk; only a conversion to Explicit VR Little Endian or a
 frame decode holds one instance (or one frame) in memory, in a worker thread.

@@ -27,6 +27,7 @@ from cloudpacs.retrieve import RetrieveService
 from cloudpacs.search import SearchService
 from cloudpacs.storage.audit import AuditStore
 from cloudpacs.storage.database import Database, open_database
+from cloudpacs.storage.file_stores import FileStore, open_file_store
 from cloudpacs.storage.instances import InstanceStore
 from cloudpacs.storage.schema import assign_default_project, init_schema
 from cloudpacs.storage.sweep import sweep
@@ -84,10 +85,12 @@ def build_runtime(
     metrics: Metrics,
     notes: list[str],
     parser: Parser | None = None,
+    files: FileStore | None = None,
 ) -> Runtime:
-    """The services over one database; `parser` (default: from the settings) is the
-    caller's to close, and open_runtime closes the one it makes."""
-    store = InstanceStore(database)
+    """The services over one database and its file store (storage.file_stores.open_file_store;
+    GridFS by default); `parser` (default: from the settings) is the caller's to close, and
+    open_runtime closes the one it makes."""
+    store = InstanceStore(database, files)
     parser = parser or parser_for(settings)
     audit = AuditLog(
         AuditStore(database), metrics, settings.audit_flush_seconds, settings.audit_buffer_limit
@@ -122,7 +125,9 @@ async def open_runtime(
             await asyncio.to_thread(
                 add_id_lookup_indexes, settings.embedded_db_dir, settings.database
             )
-        runtime = build_runtime(settings, database, Metrics(), notes)
+        files = await open_file_store(database, settings)
+        notes.append(f"original files kept in {_where(files, settings)}")
+        runtime = build_runtime(settings, database, Metrics(), notes, files=files)
         runtime.audit.start()
         stack.push_async_callback(runtime.audit.close)
         stack.push_async_callback(runtime.parser.close)
@@ -132,6 +137,10 @@ async def open_runtime(
             task = asyncio.create_task(_sweep_forever(runtime))
             stack.push_async_callback(_cancel, task)
         yield runtime
+
+
+def _where(files: FileStore, settings: Settings) -> str:
+    return f"directory {settings.file_dir}" if files.kind == "directory" else "GridFS"
 
 
 async def _sweep_forever(runtime: Runtime) -> None:

@@ -43,6 +43,7 @@ from phase_ingest import (
     id_lookup_indexes,
     sqlite_files,
     storage_facts,
+    stored_files,
     stow_phase,
 )
 from phase_orthanc import orthanc_phase
@@ -75,7 +76,8 @@ def folder_and_reads(ctx: Context) -> None:
     finally:
         archive.stop()
     db_dir = home / "db" if archive.embedded else ctx.run_dir / "ferretdb"
-    ctx.results["disk"] = disk_usage(sqlite_files(db_dir, "folder"), ctx.corpus.total_bytes)
+    files = sqlite_files(db_dir, "folder") + stored_files(home / "store")
+    ctx.results["disk"] = disk_usage(files, ctx.corpus.total_bytes)
     log(f"  disk: {ctx.results['disk']}")
 
 

@@ -33,6 +33,7 @@ from phase_ingest import (
     disk_usage,
     drop_database,
     sqlite_files,
+    stored_files,
     stow_level,
 )
 from phase_reads import qido_phase, wado_phase
@@ -73,9 +74,10 @@ class Cluster:
         nodes = {f"cloudpacs-{i}": node.pid for i, node in enumerate(self.nodes, 1)}
         return {**nodes, "ferretdb": ferretdb.pid, "haproxy": self.balancer.pid}
 
-    def commands(self, ferretdb: Server, database: str) -> list[str]:
+    def commands(self, ferretdb: Server, database: str, work: Path) -> list[str]:
         env = {"CLOUDPACS_MONGO_URI": f"mongodb://127.0.0.1:{ferretdb.port}/"}
         env["CLOUDPACS_DATABASE"] = database
+        env.update(shared_file_store(work))
         nodes = [command_line(node, env) for node in self.nodes]
         return [command_line(ferretdb), *nodes, command_line(self.balancer)]
 
@@ -153,6 +155,12 @@ def start_balancer(work: Path, nodes: list[Server], timeout: float = 30) -> Clus
     return cluster
 
 
+def shared_file_store(work: Path) -> dict[str, str]:
+    """The nodes share one directory file store, as app nodes on one machine (or on a shared
+    file system) can; the single node's embedded default keeps its files the same way."""
+    return {"CLOUDPACS_FILE_STORE": "directory", "CLOUDPACS_FILE_STORE_DIR": str(work / "store")}
+
+
 @contextlib.contextmanager
 def running_cluster(work: Path, db: SharedDb, database: str, count: int) -> Iterator[Cluster]:
     """`count` serve nodes on `database` of the shared FerretDB, behind HAProxy. The SQLite
@@ -161,7 +169,9 @@ def running_cluster(work: Path, db: SharedDb, database: str, count: int) -> Iter
     nodes: list[Server] = []
     try:
         for i in range(1, count + 1):  # one after the other: the first creates the schema
-            nodes.append(start_cloudpacs("serve", work / f"node-{i}", db.uri, database))
+            home = work / f"node-{i}"
+            env = shared_file_store(work)
+            nodes.append(start_cloudpacs("serve", home, db.uri, database, env))
             if i == 1:
                 add_id_lookup_indexes(db.data_dir, database)
         cluster = start_balancer(work, nodes)
@@ -207,6 +217,7 @@ def cluster_phase(ctx: Context, count: int) -> dict[str, Any]:
         "haproxy_config": "haproxy/render-config.sh --unprivileged",
         "shared_ferretdb": "one FerretDB (SQLite), with the `_id` lookup indexes the embedded "
         "default adds (cloudpacs.embedded.add_id_lookup_indexes)",
+        "file_store": "one directory shared by the nodes (CLOUDPACS_FILE_STORE=directory)",
     }
     clients = ctx.plan.load_clients
     try:
@@ -219,7 +230,7 @@ def cluster_phase(ctx: Context, count: int) -> dict[str, Any]:
                 cluster.pids(db.server),
                 settle=lambda: wait_all_up(cluster, SETTLE_SECONDS),
             )
-            out["commands"] = cluster.commands(db.server, LOAD_DATABASE)
+            out["commands"] = cluster.commands(db.server, LOAD_DATABASE, work)
             log(f"{count} nodes: the whole corpus over STOW-RS ({clients} clients) via HAProxy")
             out["load"] = stow_level(
                 f"{target.root}/studies", dict(target.pids), ctx.corpus.files, clients, ctx.plan
@@ -231,6 +242,7 @@ def cluster_phase(ctx: Context, count: int) -> dict[str, Any]:
             out["times_taken_down"] = times_taken_down(cluster)
     finally:
         db.server.stop()
-    out["disk"] = disk_usage(sqlite_files(db_dir, LOAD_DATABASE), ctx.corpus.total_bytes)
+    files = sqlite_files(db_dir, LOAD_DATABASE) + stored_files(work / "store")
+    out["disk"] = disk_usage(files, ctx.corpus.total_bytes)
     log(f"{count} nodes disk: {out['disk']}")
     return out

@@ -269,3 +269,8 @@ def disk_usage(files: Iterable[Path], dicom_bytes: int) -> dict[str, Any]:
 def sqlite_files(folder: Path, database: str) -> list[Path]:
     """FerretDB's SQLite backend keeps each database in `<database>.sqlite` (+ -wal, -shm)."""
     return sorted(folder.glob(f"{database}.sqlite*"))
+
+
+def stored_files(folder: Path) -> list[Path]:
+    """The files of a directory file store (cloudpacs.storage.directory_files), if any."""
+    return sorted(path for path in folder.rglob("*") if path.is_file())

@@ -26,6 +26,7 @@ from cloudpacs.http.app import create_app
 from cloudpacs.metrics import Metrics
 from cloudpacs.runtime import Runtime, build_runtime
 from cloudpacs.storage.database import open_database
+from cloudpacs.storage.file_stores import open_file_store
 from cloudpacs.storage.schema import init_schema
 
 REPO = Path(__file__).resolve().parent.parent
@@ -97,10 +98,21 @@ def ferretdb(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FerretServer]
 
 
 @pytest.fixture
-def settings(tmp_path: Path, ferretdb: FerretServer) -> Settings:
+def file_store_kind() -> str:
+    """The settings' file_store: a module runs against both stores by parametrizing this
+    (`pytestmark = BOTH_FILE_STORES`)."""
+    return "auto"
+
+
+BOTH_FILE_STORES = pytest.mark.parametrize("file_store_kind", ["gridfs", "directory"])
+
+
+@pytest.fixture
+def settings(tmp_path: Path, ferretdb: FerretServer, file_store_kind: str) -> Settings:
     return Settings(
         home=tmp_path / "home",
         mongo_uri=ferretdb.uri,
+        file_store=file_store_kind,
         database=f"t_{uuid.uuid4().hex[:12]}",
         file_settle_seconds=0.3,
         drain_seconds=5,
@@ -114,7 +126,8 @@ async def runtime(settings: Settings, ferretdb: FerretServer) -> AsyncIterator[R
     database = open_database(settings.mongo_uri, settings.database)
     notes = await init_schema(database)
     add_id_lookup_indexes(ferretdb.data_dir, settings.database)
-    runtime = build_runtime(settings, database, Metrics(), notes)
+    files = await open_file_store(database, settings)
+    runtime = build_runtime(settings, database, Metrics(), notes, files=files)
     yield runtime
     await runtime.parser.close()
     await database.client.drop_database(settings.database)

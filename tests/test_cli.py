@@ -140,7 +140,7 @@ def test_db_init_says_server_side_validation_is_unavailable(
         lines = result.stdout.splitlines()
         assert lines[0].startswith("server-side validation is unavailable on FerretDB ")
         assert lines[0].endswith(": relying on the application's validation")
-        assert lines[-1] == "indexes ready"
+        assert lines[-2:] == ["indexes ready", "original files kept in GridFS"]
     assert {"instances", "series", "studies", "uploads"} <= set(db.list_collection_names())
 
 

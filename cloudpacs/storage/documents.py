@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Sequence
 from datetime import datetime
 from typing import Any
 
@@ -76,40 +77,54 @@ def _subset(meta: dict[str, Any], tags: tuple[str, ...]) -> dict[str, Any]:
     return {tag: meta[tag] for tag in tags if tag in meta}
 
 
-def series_upsert(doc: dict[str, Any], now: datetime) -> dict[str, Any]:
+def series_upsert(docs: Sequence[dict[str, Any]], now: datetime) -> dict[str, Any]:
+    """Count new instances (of one series) into its rollup; the first describes a new one."""
+    first = docs[0]
     return {
         "$setOnInsert": {
-            "study": doc["study"],
-            "project": doc.get("project"),
-            "meta": _subset(doc["meta"], levels.SERIES_ATTRIBUTES),
-            **{key: doc.get(key) for key in SERIES_KEYS},
+            "study": first["study"],
+            "project": first.get("project"),
+            "meta": _subset(first["meta"], levels.SERIES_ATTRIBUTES),
+            **{key: first.get(key) for key in SERIES_KEYS},
         },
-        "$inc": {"instance_count": 1},
+        "$inc": {"instance_count": len(docs)},
         "$set": {"updated_at": now},
     }
 
 
-def study_upsert(doc: dict[str, Any], new_series: bool, now: datetime) -> dict[str, Any]:
+def study_upsert(docs: Sequence[dict[str, Any]], new_series: int, now: datetime) -> dict[str, Any]:
+    """Count new instances (of one study, in `new_series` series it did not have) into its
+    rollup; the first describes a new study."""
+    first = docs[0]
     add: dict[str, Any] = {
-        "sop_classes": {"$each": [doc["sop_class"]]},
-        "series_uids": {"$each": [doc["series"]]},
+        "sop_classes": {"$each": _distinct(doc["sop_class"] for doc in docs)},
+        "series_uids": {"$each": _distinct(doc["series"] for doc in docs)},
     }
-    if doc.get("modality"):
-        add["modalities"] = {"$each": [doc["modality"]]}
+    modalities = _distinct(doc["modality"] for doc in docs if doc.get("modality"))
+    if modalities:
+        add["modalities"] = {"$each": modalities}
     return {
         "$setOnInsert": {
-            "project": doc.get("project"),
-            "meta": _subset(doc["meta"], levels.STUDY_ATTRIBUTES),
-            **{key: doc.get(key) for key in STUDY_KEYS},
+            "project": first.get("project"),
+            "meta": _subset(first["meta"], levels.STUDY_ATTRIBUTES),
+            **{key: first.get(key) for key in STUDY_KEYS},
         },
-        "$inc": {"instance_count": 1, "series_count": 1 if new_series else 0},
+        "$inc": {"instance_count": len(docs), "series_count": new_series},
         "$addToSet": add,
         "$set": {"updated_at": now},
     }
 
 
-def members_upsert(doc: dict[str, Any]) -> dict[str, Any]:
-    return {"$setOnInsert": {"study": doc["study"]}, "$addToSet": {"instances": doc["_id"]}}
+def members_upsert(docs: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """Enter new instances (of one series) in its member list."""
+    return {
+        "$setOnInsert": {"study": docs[0]["study"]},
+        "$addToSet": {"instances": {"$each": [doc["_id"] for doc in docs]}},
+    }
+
+
+def _distinct(values: Iterable[Any]) -> list[Any]:
+    return list(dict.fromkeys(values))
 
 
 def lookup_id(key: str, value: Any) -> str:

@@ -1,4 +1,5 @@
-"""Original DICOM bytes in GridFS collections (`fs.files`, `fs.chunks`), addressed by `_id`.
+"""Original DICOM bytes in GridFS collections (`fs.files`, `fs.chunks`), addressed by `_id`:
+the file store of archives on MongoDB (see storage.file_stores).
 
 The documents follow the GridFS spec, so mongofiles and every driver's GridFS can read them.
 One deviation, on purpose: a chunk's `_id` is "<file id>:<n>" instead of a random ObjectId.
@@ -38,7 +39,9 @@ def chunk_id(file_id: Any, n: int) -> str:
     return f"{file_id}:{n}"
 
 
-class FileStore:
+class GridFSFiles:
+    kind = "gridfs"
+
     def __init__(self, db: Any, bucket: str) -> None:
         self.files = db[f"{bucket}.files"]
         self.chunks = db[f"{bucket}.chunks"]
@@ -137,3 +140,8 @@ class FileStore:
             # before this store) are found by the standard query (a scan on FerretDB).
             await self.chunks.delete_many({"files_id": file_id})
         await self.files.delete_one({"_id": file_id})
+
+    async def completed_before(self, before: datetime) -> list[Any]:
+        """Ids of the files completed before `before` (the full sweep's candidates)."""
+        files = self.files.find({"uploadDate": {"$lt": before}}, {"_id": 1})
+        return [doc["_id"] async for doc in files]

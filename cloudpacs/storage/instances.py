@@ -1,8 +1,9 @@
-"""InstanceStore: the only place that reads and writes instances, rollups and GridFS files.
+"""InstanceStore: the only place that reads and writes instances, rollups and stored files
+(in GridFS or a directory: storage.file_stores).
 
 Write order (no multi-document transactions on FerretDB, so visibility is one insert):
-  1. an `uploads` journal entry names the GridFS file id about to be written
-  2. the file bytes go to GridFS                       (invisible: nothing references them)
+  1. an `uploads` journal entry names the file id about to be written
+  2. the file bytes go to the file store               (invisible: nothing references them)
   3. the instance document is inserted                 (the instance is now visible)
   4. the journal entry is removed; series and study rollups are updated, then the
      instance's `rollup_pending` flag is cleared
@@ -26,8 +27,10 @@ from pymongo.errors import DuplicateKeyError
 
 from cloudpacs.storage import documents
 from cloudpacs.storage.database import Database, translate_errors
-from cloudpacs.storage.files import FileStore, new_file_id
+from cloudpacs.storage.file_stores import FileStore
+from cloudpacs.storage.files import GridFSFiles, new_file_id
 from cloudpacs.storage.locks import Locks
+from cloudpacs.storage.rollup_batches import RollupBatches
 from cloudpacs.storage.schema import (
     CHECKPOINTS,
     FILES_BUCKET,
@@ -68,25 +71,25 @@ def utcnow() -> datetime:
 
 
 class InstanceStore:
-    def __init__(self, database: Database) -> None:
+    def __init__(self, database: Database, files: FileStore | None = None) -> None:
         self.db = database.db
-        self.blobs = FileStore(self.db, FILES_BUCKET)
+        self.blobs = files if files is not None else GridFSFiles(self.db, FILES_BUCKET)
         self.instances = self.db[INSTANCES]
         self.series = self.db[SERIES]
         self.studies = self.db[STUDIES]
         self.members = self.db[SERIES_MEMBERS]
         self.lookup = self.db[STUDY_LOOKUP]
-        self.files = self.db[f"{FILES_BUCKET}.files"]
         self.uploads = self.db[UPLOADS]
         # Rollup updates of a study are serialised across processes (see storage.locks).
         self.locks = Locks(self.db, utcnow)
         self._database = database
         self._ferretdb: bool | None = None  # learnt from the server on first use
         self._lookup_ready = False
+        self._rollups = RollupBatches(self._apply_rollups)
 
     # ---- write path -------------------------------------------------------------------
     async def upload_file(self, path: Path, name: str, kind: str = "dicom") -> ObjectId:
-        """Copy a local file into GridFS under a journal entry (the sweep's safety net)."""
+        """Copy a local file into the file store under a journal entry (the sweep's safety net)."""
         file_id = await self._journal(name)
         async with translate_errors():
             try:
@@ -114,7 +117,7 @@ class InstanceStore:
             await self.uploads.delete_many({"_id": {"$in": list(file_ids)}})
 
     async def delete_files(self, file_ids: Sequence[Any]) -> None:
-        """Delete GridFS files (chunks too, even without a files document) and their entries."""
+        """Delete stored files (even half-written ones) and their journal entries."""
         async with translate_errors():
             for file_id in file_ids:
                 await self.blobs.delete(file_id)
@@ -171,21 +174,42 @@ class InstanceStore:
         return result.matched_count == 1
 
     async def apply_rollups(self, doc: dict[str, Any]) -> None:
-        """Count one new instance into its series and study, then clear its flag."""
+        """Count one new instance into its series and study, then clear its flag (together
+        with the other new instances of its study: storage.rollup_batches)."""
+        await self._rollups.add(doc["study"], doc)
+
+    async def _apply_rollups(self, study_uid: str, docs: list[dict[str, Any]]) -> None:
         now = utcnow()
-        async with translate_errors(), self.locks.hold(f"rollup:{doc['study']}"):
-            before = await self._upsert(
-                self.series, doc["series"], documents.series_upsert(doc, now)
+        by_series: dict[str, list[dict[str, Any]]] = {}
+        for doc in docs:
+            by_series.setdefault(doc["series"], []).append(doc)
+        async with translate_errors(), self.locks.hold(f"rollup:{study_uid}"):
+            new_series = 0
+            for series_uid, members in by_series.items():
+                update = documents.series_upsert(members, now)
+                new_series += await self._upsert(self.series, series_uid, update) is None
+            update = documents.study_upsert(docs, new_series, now)
+            if await self._upsert(self.studies, study_uid, update) is None:
+                await self._enter_in_lookup(docs[0])
+            for series_uid, members in by_series.items():
+                update = documents.members_upsert(members)
+                await self._upsert(self.members, series_uid, update, returning=False)
+            await self._each_by_id(
+                self.instances, [doc["_id"] for doc in docs], {"$unset": {"rollup_pending": ""}}
             )
-            new_series = before is None
-            study_before = await self._upsert(
-                self.studies, doc["study"], documents.study_upsert(doc, new_series, now)
-            )
-            if study_before is None:
-                await self._enter_in_lookup(doc)
-            members = documents.members_upsert(doc)
-            await self._upsert(self.members, doc["series"], members, returning=False)
-            await self.instances.update_one({"_id": doc["_id"]}, {"$unset": {"rollup_pending": ""}})
+
+    async def _each_by_id(self, collection: Any, ids: list[Any], update: dict[str, Any]) -> None:
+        """One update of the documents with these ids (one by one on FerretDB: see by_ids)."""
+        if not await self._in_scans():
+            await collection.update_many({"_id": {"$in": ids}}, update)
+            return
+        gate = asyncio.Semaphore(LOOKUPS_AT_ONCE)
+
+        async def one(key: Any) -> None:
+            async with gate:
+                await collection.update_one({"_id": key}, update)
+
+        await asyncio.gather(*(one(key) for key in ids))
 
     async def _upsert(
         self, collection: Any, key: str, update: dict[str, Any], *, returning: bool = True
@@ -237,7 +261,7 @@ class InstanceStore:
                 modalities |= {d["modality"] for d in docs if d.get("modality")}
                 sop_classes |= {d["sop_class"] for d in docs}
                 first = first or docs[0]
-                series_doc = documents.series_upsert(docs[0], now)
+                series_doc = documents.series_upsert(docs, now)
                 await self.series.replace_one(
                     {"_id": series_uid},
                     {**series_doc["$setOnInsert"], "instance_count": len(docs), "updated_at": now},
@@ -254,7 +278,7 @@ class InstanceStore:
                 await self.studies.delete_one({"_id": study_uid})
             else:
                 await self._enter_in_lookup(first)
-                study_doc = documents.study_upsert(first, True, now)["$setOnInsert"]
+                study_doc = documents.study_upsert([first], 1, now)["$setOnInsert"]
                 await self.studies.replace_one(
                     {"_id": study_uid},
                     {
@@ -388,7 +412,7 @@ class InstanceStore:
         return sorted(await self.by_ids(INSTANCES, ids, fields), key=retrieval_order)
 
     async def full_meta(self, doc: dict[str, Any]) -> dict[str, Any]:
-        """The complete DICOM JSON of an instance, from GridFS when it was too large inline."""
+        """The complete DICOM JSON of an instance (from the file store if too large inline)."""
         meta_file_id = doc.get("meta_file_id")
         if meta_file_id is None:
             meta: dict[str, Any] = doc["meta"]

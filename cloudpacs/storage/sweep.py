@@ -1,11 +1,11 @@
-"""Crash repair: delete GridFS files no instance references, recompute interrupted rollups.
+"""Crash repair: delete stored files no instance references, recompute interrupted rollups.
 
 Everything only touches work older than a grace period, so a sweep never races a live ingest.
 
 The journal (`uploads`) names every file being written, so the periodic sweep needs nothing
 else. A crash while an overwritten instance's old file is being deleted leaves a file that
 no instance references and no journal entry names; `full=True` (`cloudpacs db sweep`) also
-finds those, at the price of reading every instance and every GridFS file document.
+finds those, at the price of reading every instance and listing every stored file.
 """
 
 from __future__ import annotations
@@ -87,7 +87,7 @@ async def _sweep_journal(store: InstanceStore, cutoff: datetime) -> tuple[int, i
 
 
 async def _sweep_unjournaled(store: InstanceStore, cutoff: datetime) -> int:
-    """GridFS files that neither an instance nor the journal names.
+    """Stored files that neither an instance nor the journal names.
 
     Order matters against live ingests (journal entry, then file, then the instance, then
     the entry removed): the journal is read first, and only files completed before that
@@ -98,10 +98,8 @@ async def _sweep_unjournaled(store: InstanceStore, cutoff: datetime) -> int:
     referenced = set(await store.distinct("instances", "file_id", {}))
     referenced |= set(await store.distinct("instances", "meta_file_id", {}))
     before = min(cutoff, journal_read_at - CLOCK_MARGIN)  # uploadDate is in milliseconds
-    files = await store.find("fs.files", {"uploadDate": {"$lt": before}}, projection={"_id": 1})
-    orphans: list[Any] = [
-        f["_id"] for f in files if f["_id"] not in referenced and f["_id"] not in journaled
-    ]
+    files = await store.blobs.completed_before(before)
+    orphans: list[Any] = [f for f in files if f not in referenced and f not in journaled]
     if orphans:
         await store.delete_files(orphans)
     return len(orphans)

@@ -172,7 +172,7 @@ async def test_crash_after_insert_the_sweep_recomputes_rollups_exactly(
     doc_c = await crash_after_insert(runtime, tmp_path / "c1.dcm")
     # ... and for C, a crash between the series and the study rollup update
     await db.series.update_one(
-        {"_id": series_c}, documents.series_upsert(doc_c, utcnow()), upsert=True
+        {"_id": series_c}, documents.series_upsert([doc_c], utcnow()), upsert=True
     )
     assert await db.instances.count_documents({"rollup_pending": True}) == 2
     assert (await db.studies.find_one({"_id": study}))["instance_count"] == 3  # type: ignore[index]
@@ -425,11 +425,13 @@ def inbox_files(inbox: Path) -> set[str]:
 
 
 @pytest.mark.timeout(600)
+@pytest.mark.parametrize("file_store", ["gridfs", "directory"])
 def test_sigkill_mid_ingest_then_restart_loses_and_duplicates_nothing(
     ferretdb: FerretServer,
     sync_db: SyncDatabase[dict[str, Any]],
     killable: list[subprocess.Popen[bytes]],
     tmp_path: Path,
+    file_store: str,
 ) -> None:
     home = tmp_path / "home"
     inbox = home / "inbox"
@@ -443,7 +445,7 @@ def test_sigkill_mid_ingest_then_restart_loses_and_duplicates_nothing(
         )
         data = (inbox / f"{i // 60}" / f"{i:04d}.dcm").read_bytes()
         originals[spec.sop_uid] = (f"{i:04d}.dcm", hashlib.sha256(data).hexdigest())
-    env = cli_env(ferretdb, sync_db.name, home)
+    env = cli_env(ferretdb, sync_db.name, home, CLOUDPACS_FILE_STORE=file_store)
 
     def start() -> subprocess.Popen[bytes]:
         with (tmp_path / "cloudpacs.log").open("ab") as log:  # the child keeps its own copy
@@ -485,21 +487,14 @@ def test_sigkill_mid_ingest_then_restart_loses_and_duplicates_nothing(
     )
     assert len(instances) == KILL_FILES
     assert {d["_id"] for d in instances} == set(originals)
-    files = {d["_id"]: d for d in sync_db["fs.files"].find()}
+    contents = (
+        gridfs_contents(sync_db, instances)
+        if file_store == "gridfs"
+        else directory_contents(home / "store", instances)
+    )
     for doc in instances:
-        grid = files.get(doc["file_id"])
-        assert grid is not None, f"{doc['_id']}: GridFS file missing"
-        chunks = sync_db["fs.chunks"].find({"files_id": doc["file_id"]}).sort("n", 1)
-        content = b"".join(chunk["data"] for chunk in chunks)
-        assert len(content) == grid["length"]
-        digest = hashlib.sha256(content).hexdigest()
+        digest = hashlib.sha256(contents[doc["file_id"]]).hexdigest()
         assert digest == doc["sha256"] == originals[doc["_id"]][1]
-    # nothing unreferenced, nothing half-done
-    referenced = {d["file_id"] for d in instances}
-    assert set(files) == referenced
-    assert set(sync_db["fs.chunks"].distinct("files_id")) == referenced
-    chunk_total = sync_db["fs.chunks"].count_documents({})
-    assert chunk_total == sum(math.ceil(f["length"] / f["chunkSize"]) for f in files.values())
     assert sync_db.uploads.count_documents({}) == 0
     assert sync_db.instances.count_documents({"rollup_pending": True}) == 0
     # rollups equal the instances
@@ -514,3 +509,30 @@ def test_sigkill_mid_ingest_then_restart_loses_and_duplicates_nothing(
     }
     assert {d["_id"]: d["instance_count"] for d in sync_db.series.find()} == per_series
     assert not (home / "failed").exists() or not inbox_files(home / "failed")
+
+
+def gridfs_contents(db: SyncDatabase[dict[str, Any]], instances: list[Any]) -> dict[Any, bytes]:
+    """Each instance's stored bytes; asserts that GridFS holds nothing else, nothing half."""
+    files = {d["_id"]: d for d in db["fs.files"].find()}
+    contents = {}
+    for doc in instances:
+        grid = files.get(doc["file_id"])
+        assert grid is not None, f"{doc['_id']}: GridFS file missing"
+        chunks = db["fs.chunks"].find({"files_id": doc["file_id"]}).sort("n", 1)
+        contents[doc["file_id"]] = b"".join(chunk["data"] for chunk in chunks)
+        assert len(contents[doc["file_id"]]) == grid["length"]
+    referenced = {d["file_id"] for d in instances}
+    assert set(files) == referenced
+    assert set(db["fs.chunks"].distinct("files_id")) == referenced
+    chunk_total = db["fs.chunks"].count_documents({})
+    assert chunk_total == sum(math.ceil(f["length"] / f["chunkSize"]) for f in files.values())
+    return contents
+
+
+def directory_contents(root: Path, instances: list[Any]) -> dict[Any, bytes]:
+    """Each instance's stored bytes; asserts that the directory holds nothing else (no part
+    file, no unreferenced file) besides its archive marker."""
+    on_disk = {path.name: path for path in root.rglob("*") if path.is_file()}
+    assert on_disk.pop("ARCHIVE").read_text().strip()
+    assert set(on_disk) == {str(d["file_id"]) for d in instances}
+    return {d["file_id"]: on_disk[str(d["file_id"])].read_bytes() for d in instances}
