@@ -81,9 +81,13 @@ class SearchService:
         if other:
             studies = await self._distinct_instances("study", other, scope.project_filter())
             conditions.append({"_id": {"$in": studies}})
-        docs = await self.store.find(
-            STUDIES, _and(conditions), sort=[("_id", 1)], skip=query.offset, limit=query.limit
-        )
+        docs = None
+        if all(m.tag in STUDY_KEYS for m in own):  # the slim search documents suffice
+            docs = await self.store.searched_studies(_and(conditions), query.offset, query.limit)
+        if docs is None:
+            docs = await self.store.find(
+                STUDIES, _and(conditions), sort=[("_id", 1)], skip=query.offset, limit=query.limit
+            )
         return [_study_json(doc, query, base_url) for doc in docs]
 
     async def _series(self, query: QidoQuery, scope: Scope, base_url: str) -> list[dict[str, Any]]:

@@ -27,7 +27,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-from bench_context import JSON_ACCEPT
+from bench_context import DICOM_ACCEPT, JSON_ACCEPT
 from benchlib import (
     FERRETDB,
     OUT,
@@ -42,7 +42,7 @@ from benchlib import (
 )
 from corpus import CorpusParams, ensure_corpus
 from phase_ingest import multipart_bodies, stow_clients
-from phase_reads import qido_queries, typical_study
+from phase_reads import instance_url, qido_queries, typical_study
 
 sys.path.insert(0, str(REPO))
 from cloudpacs.embedded import add_id_lookup_indexes
@@ -68,6 +68,10 @@ def profiled_urls(corpus: Any) -> dict[str, tuple[str, str]]:
         ),
         "QIDO study/instances (member lists)": (queries["study/instances"], JSON_ACCEPT),
         "WADO series metadata (member lists)": (f"{series}/metadata", JSON_ACCEPT),
+        "WADO instance (directory file store)": (
+            instance_url("", typical["instances"][0]),
+            DICOM_ACCEPT,
+        ),
     }
 
 
@@ -153,7 +157,9 @@ def main() -> int:
     ferretdb = start_ferretdb(folder / "db", f"-pprof-addr=127.0.0.1:{pprof_port}")
     uri = f"mongodb://127.0.0.1:{ferretdb.port}/"
     try:
-        server = start_cloudpacs("serve", folder / "home", uri, DATABASE)
+        # the file store of the embedded default (a configured MongoDB would mean GridFS)
+        store = {"CLOUDPACS_FILE_STORE": "directory"}
+        server = start_cloudpacs("serve", folder / "home", uri, DATABASE, store)
         try:
             add_id_lookup_indexes(folder / "db", DATABASE)  # what the embedded mode does
             root = f"{server.base}/dicomweb"

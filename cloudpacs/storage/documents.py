@@ -24,6 +24,9 @@ STUDY_KEYS = (
     "referring_physician",
 )
 SERIES_KEYS = ("modality", "series_number")
+# What a study_search document holds (storage.schema.STUDY_SEARCH): what study searches
+# filter on (storage.filters.STUDY_KEYS), and the project.
+SEARCH_KEYS = ("project", *STUDY_KEYS, "modalities")
 # Study keys the study lookup answers exact matches on (see storage.schema.STUDY_LOOKUP).
 LOOKUP_KEYS = ("patient_id", "accession")
 
@@ -121,6 +124,21 @@ def members_upsert(docs: Sequence[dict[str, Any]]) -> dict[str, Any]:
         "$setOnInsert": {"study": docs[0]["study"]},
         "$addToSet": {"instances": {"$each": [doc["_id"] for doc in docs]}},
     }
+
+
+def study_search(study: dict[str, Any]) -> dict[str, Any]:
+    """A study's search document, from its rollup (or its first instance, with `modalities`)."""
+    return {key: study.get(key) for key in SEARCH_KEYS if key != "modalities"} | {
+        "modalities": sorted(study.get("modalities") or [])
+    }
+
+
+def study_search_upsert(docs: Sequence[dict[str, Any]], modalities: list[str]) -> dict[str, Any]:
+    """New instances of a study: its search document if new, and the modalities it lacked."""
+    keys = {key: docs[0].get(key) for key in SEARCH_KEYS if key != "modalities"}
+    if not modalities:
+        return {"$setOnInsert": {**keys, "modalities": []}}
+    return {"$setOnInsert": keys, "$addToSet": {"modalities": {"$each": modalities}}}
 
 
 def _distinct(values: Iterable[Any]) -> list[Any]:

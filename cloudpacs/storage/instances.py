@@ -42,6 +42,8 @@ from cloudpacs.storage.schema import (
     STUDY_LOOKUP,
     STUDY_LOOKUP_READY,
     STUDY_PROJECTS,
+    STUDY_SEARCH,
+    STUDY_SEARCH_READY,
     UPLOADS,
 )
 
@@ -79,12 +81,14 @@ class InstanceStore:
         self.studies = self.db[STUDIES]
         self.members = self.db[SERIES_MEMBERS]
         self.lookup = self.db[STUDY_LOOKUP]
+        self.search = self.db[STUDY_SEARCH]
         self.uploads = self.db[UPLOADS]
         # Rollup updates of a study are serialised across processes (see storage.locks).
         self.locks = Locks(self.db, utcnow)
         self._database = database
         self._ferretdb: bool | None = None  # learnt from the server on first use
         self._lookup_ready = False
+        self._search_ready = False
         self._rollups = RollupBatches(self._apply_rollups)
 
     # ---- write path -------------------------------------------------------------------
@@ -189,8 +193,14 @@ class InstanceStore:
                 update = documents.series_upsert(members, now)
                 new_series += await self._upsert(self.series, series_uid, update) is None
             update = documents.study_upsert(docs, new_series, now)
-            if await self._upsert(self.studies, study_uid, update) is None:
+            before = await self._upsert(self.studies, study_uid, update)
+            if before is None:
                 await self._enter_in_lookup(docs[0])
+            had = set(before.get("modalities") or []) if before else set()
+            added = update["$addToSet"].get("modalities", {}).get("$each", [])
+            if before is None or set(added) - had:
+                update = documents.study_search_upsert(docs, [m for m in added if m not in had])
+                await self._upsert(self.search, study_uid, update, returning=False)
             for series_uid, members in by_series.items():
                 update = documents.members_upsert(members)
                 await self._upsert(self.members, series_uid, update, returning=False)
@@ -276,6 +286,7 @@ class InstanceStore:
                 await gone.delete_many({"study": study_uid, "_id": {"$nin": series_uids}})
             if first is None:
                 await self.studies.delete_one({"_id": study_uid})
+                await self.search.delete_one({"_id": study_uid})
             else:
                 await self._enter_in_lookup(first)
                 study_doc = documents.study_upsert([first], 1, now)["$setOnInsert"]
@@ -292,6 +303,8 @@ class InstanceStore:
                     },
                     upsert=True,
                 )
+                search = documents.study_search({**first, "modalities": modalities})
+                await self.search.replace_one({"_id": study_uid}, search, upsert=True)
             await self.instances.update_many(
                 {"study": study_uid, "rollup_pending": True}, {"$unset": {"rollup_pending": ""}}
             )
@@ -385,6 +398,21 @@ class InstanceStore:
                 return None
         ids = [documents.lookup_id(key, value) for value in values]
         return {uid for entry in await self.by_ids(STUDY_LOOKUP, ids) for uid in entry["studies"]}
+
+    async def searched_studies(
+        self, query: dict[str, Any], skip: int, limit: int
+    ) -> list[dict[str, Any]] | None:
+        """The study rollups matching `query` on the search keys (documents.SEARCH_KEYS), in
+        UID order: the query scans the slim `study_search` documents, and only the page is
+        read from `studies`. None until every study has its search document."""
+        if not self._search_ready:
+            self._search_ready = bool(await self.by_ids(CHECKPOINTS, [STUDY_SEARCH_READY["_id"]]))
+            if not self._search_ready:
+                return None
+        found = await self.find(
+            STUDY_SEARCH, query, projection={"_id": 1}, sort=[("_id", 1)], skip=skip, limit=limit
+        )
+        return await self.by_ids(STUDIES, [doc["_id"] for doc in found])
 
     async def series_of(self, study_uid: str) -> list[str] | None:
         """The series UIDs of a study from its rollup; None if the study has no list (it was

@@ -26,6 +26,10 @@ SERIES_MEMBERS = "series_members"
 # "patient_id=<value>" / "accession=<value>" -> UIDs of the studies with it (see study_lookup)
 STUDY_LOOKUP = "study_lookup"
 STUDY_LOOKUP_READY = {"_id": "index:study_lookup"}  # in CHECKPOINTS once every study is in
+# per study, only the keys a study search filters on: FerretDB answers a search by decoding
+# every document it scans, and these are a fifth of the size of the study rollups
+STUDY_SEARCH = "study_search"
+STUDY_SEARCH_READY = {"_id": "index:study_search"}
 FILES_BUCKET = "fs"
 REJECTIONS = "rejections"  # permanent refusals, for operators
 LOCKS = "locks"  # see storage.locks
@@ -42,6 +46,7 @@ APP_READ_WRITE = (
     STUDIES,
     SERIES_MEMBERS,
     STUDY_LOOKUP,
+    STUDY_SEARCH,
     f"{FILES_BUCKET}.files",
     f"{FILES_BUCKET}.chunks",
     REJECTIONS,
@@ -131,6 +136,7 @@ async def init_schema(database: Database) -> list[str]:
             STUDIES,
             SERIES_MEMBERS,
             STUDY_LOOKUP,
+            STUDY_SEARCH,
             UPLOADS,
             REJECTIONS,
             LOCKS,
@@ -145,6 +151,7 @@ async def init_schema(database: Database) -> list[str]:
             (INSTANCES, INSTANCE_INDEXES),
             (SERIES, SERIES_INDEXES),
             (STUDIES, STUDY_INDEXES),
+            (STUDY_SEARCH, STUDY_INDEXES),
             (SERIES_MEMBERS, SERIES_MEMBERS_INDEXES),
             (UPLOADS, UPLOAD_INDEXES),
             (REJECTIONS, REJECTION_INDEXES),
@@ -156,6 +163,7 @@ async def init_schema(database: Database) -> list[str]:
         ):
             await _ensure_indexes(db[collection], indexes)
         notes += await _fill_study_lookup(db)
+        notes += await _fill_study_search(db)
     notes.append("indexes ready")
     return notes
 
@@ -174,6 +182,20 @@ async def _fill_study_lookup(db: Any) -> list[str]:
         count += 1
     await _insert_once(db[CHECKPOINTS], dict(STUDY_LOOKUP_READY))
     return [f"study lookup built for {count} studies"] if count else []
+
+
+async def _fill_study_search(db: Any) -> list[str]:
+    """Archives from before `study_search`: one document per study, once."""
+    if await db[CHECKPOINTS].find_one(STUDY_SEARCH_READY):
+        return []
+    count = 0
+    async for study in db[STUDIES].find({}, {key: 1 for key in documents.SEARCH_KEYS}):
+        await db[STUDY_SEARCH].replace_one(
+            {"_id": study["_id"]}, documents.study_search(study), upsert=True
+        )
+        count += 1
+    await _insert_once(db[CHECKPOINTS], dict(STUDY_SEARCH_READY))
+    return [f"study search keys copied for {count} studies"] if count else []
 
 
 async def _ensure_indexes(collection: Any, indexes: list[IndexModel]) -> None:

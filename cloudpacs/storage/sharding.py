@@ -6,7 +6,7 @@ Shard keys, and why:
              every instance of a study lands on one shard, so study-level QIDO, WADO
              retrieval and the rollup recount touch a single shard.
 - series, series_members  {study: "hashed"}  beside their study's instances, same reasoning.
-- studies    {_id: "hashed"}     the study document is keyed by its UID.
+- studies, study_search  {_id: "hashed"}  keyed by the study UID.
 - fs.chunks  {files_id: 1, n: 1} the key MongoDB documents for GridFS (and the only one that
              keeps GridFS's unique {files_id, n} index legal): all chunks of a file stay
              together and in order, so a stream or a frame read is one shard. cloudpacs
@@ -28,13 +28,21 @@ from pymongo.errors import OperationFailure
 
 from cloudpacs.errors import InvalidRequest
 from cloudpacs.storage.database import Database, translate_errors
-from cloudpacs.storage.schema import FILES_BUCKET, INSTANCES, SERIES, SERIES_MEMBERS, STUDIES
+from cloudpacs.storage.schema import (
+    FILES_BUCKET,
+    INSTANCES,
+    SERIES,
+    SERIES_MEMBERS,
+    STUDIES,
+    STUDY_SEARCH,
+)
 
 SHARD_KEYS: dict[str, dict[str, Any]] = {
     INSTANCES: {"study": "hashed"},
     SERIES: {"study": "hashed"},
     SERIES_MEMBERS: {"study": "hashed"},
     STUDIES: {"_id": "hashed"},
+    STUDY_SEARCH: {"_id": "hashed"},
     f"{FILES_BUCKET}.files": {"_id": "hashed"},
     f"{FILES_BUCKET}.chunks": {"files_id": 1, "n": 1},
 }
