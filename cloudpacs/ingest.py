@@ -195,7 +195,7 @@ class Ingestor:
         except AlreadyStored:
             await self.store.delete_files(file_ids)
             return await self._lost_race(parsed)
-        await self._finish(doc, file_ids)
+        await self._finish(doc)
         self.metrics.stored_bytes.inc(parsed.size)
         return IngestResult.of(Outcome.STORED, parsed)
 
@@ -216,9 +216,9 @@ class Ingestor:
             doc["meta_file_id"] = meta_id
         return doc
 
-    async def _finish(self, doc: dict[str, Any], file_ids: list[ObjectId]) -> None:
-        """Post-visibility bookkeeping; if it fails, the sweep completes it later."""
-        await self.store.settle_uploads(file_ids)
+    async def _finish(self, doc: dict[str, Any]) -> None:
+        """Post-visibility bookkeeping (rollups, then the journal entries); if it fails, the
+        sweep completes it later."""
         await self.store.apply_rollups(doc)
 
     async def _lost_race(self, parsed: ParsedInstance) -> IngestResult:

@@ -55,7 +55,7 @@ def study_documents(corpus: ScaleCorpus, study: ScaleStudy) -> list[dict[str, An
         parsed = parse_file(path)
         source = {"kind": SOURCE_KIND, "name": str(path)}
         doc = documents.instance_document(parsed, None, source, PROJECT, now)
-        doc.pop("rollup_pending")
+        doc.pop("rollup_pending", None)
         docs.append(doc)
     return docs
 

@@ -61,7 +61,6 @@ def instance_document(
         "meta": parsed.meta,
         "bulk": {path: [ref.offset, ref.length] for path, ref in parsed.bulk.items()},
         "pixels": pixels,
-        "rollup_pending": True,
     }
 
 

@@ -5,10 +5,12 @@ Write order (no multi-document transactions on FerretDB, so visibility is one in
   1. an `uploads` journal entry names the file id about to be written
   2. the file bytes go to the file store               (invisible: nothing references them)
   3. the instance document is inserted                 (the instance is now visible)
-  4. the journal entry is removed; series and study rollups are updated, then the
-     instance's `rollup_pending` flag is cleared
+  4. series and study rollups are updated (storage.rollup_batches), then the journal entry
+     is removed
 A crash before 3 leaves a journal entry whose file (chunks included) the sweep deletes; after
-3, a flagged instance whose rollups the sweep recomputes from the instances themselves.
+3, a journal entry whose file an instance references: the sweep recomputes that instance's
+study from the instances themselves, then removes the entry. (Archives written before this
+order flagged such instances `rollup_pending` instead; the sweep still repairs those.)
 """
 
 from __future__ import annotations
@@ -48,6 +50,7 @@ from cloudpacs.storage.schema import (
 )
 
 UPSERT_RETRIES = 3
+FILE_KEYS = ("file_id", "meta_file_id")  # the stored files an instance document names
 LOOKUPS_AT_ONCE = 16  # concurrent lookups by _id where a `$in` would scan (FerretDB)
 
 
@@ -178,8 +181,8 @@ class InstanceStore:
         return result.matched_count == 1
 
     async def apply_rollups(self, doc: dict[str, Any]) -> None:
-        """Count one new instance into its series and study, then clear its flag (together
-        with the other new instances of its study: storage.rollup_batches)."""
+        """Count one new instance into its series and study, then remove its journal entries
+        (together with the other new instances of its study: storage.rollup_batches)."""
         await self._rollups.add(doc["study"], doc)
 
     async def _apply_rollups(self, study_uid: str, docs: list[dict[str, Any]]) -> None:
@@ -204,22 +207,10 @@ class InstanceStore:
             for series_uid, members in by_series.items():
                 update = documents.members_upsert(members)
                 await self._upsert(self.members, series_uid, update, returning=False)
-            await self._each_by_id(
-                self.instances, [doc["_id"] for doc in docs], {"$unset": {"rollup_pending": ""}}
-            )
-
-    async def _each_by_id(self, collection: Any, ids: list[Any], update: dict[str, Any]) -> None:
-        """One update of the documents with these ids (one by one on FerretDB: see by_ids)."""
-        if not await self._in_scans():
-            await collection.update_many({"_id": {"$in": ids}}, update)
-            return
-        gate = asyncio.Semaphore(LOOKUPS_AT_ONCE)
-
-        async def one(key: Any) -> None:
-            async with gate:
-                await collection.update_one({"_id": key}, update)
-
-        await asyncio.gather(*(one(key) for key in ids))
+            # the rollups include these instances now: their journal entries may go (one
+            # delete; the journal holds only files in flight, so its `$in` scan is short)
+            file_ids = [doc[key] for doc in docs for key in FILE_KEYS if doc.get(key)]
+            await self.uploads.delete_many({"_id": {"$in": file_ids}})
 
     async def _upsert(
         self, collection: Any, key: str, update: dict[str, Any], *, returning: bool = True
@@ -312,7 +303,7 @@ class InstanceStore:
     async def remove_instances(self, docs: Sequence[dict[str, Any]]) -> None:
         """Delete instances and their files. The files are journaled first (as if being
         written), so that a crash half way leaves nothing the sweep cannot finish."""
-        file_ids = [d[k] for d in docs for k in ("file_id", "meta_file_id") if d.get(k)]
+        file_ids = [d[k] for d in docs for k in FILE_KEYS if d.get(k)]
         started = utcnow() - timedelta(days=3650)  # old at once: the sweep need not wait
         async with translate_errors():
             for file_id in file_ids:

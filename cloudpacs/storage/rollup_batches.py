@@ -9,8 +9,8 @@ instead of 16 rounds, and no lock contention within the process.
 
 Each study has at most one batch running and one open; the open one is applied when the
 running one ends. The batch runs in its own task, so a cancelled ingest cannot stop it
-half way for the others in it; a failure is every member's failure (their instances stay
-flagged `rollup_pending`, and the sweep recomputes the study).
+half way for the others in it; a failure is every member's failure (their journal entries
+stay, and the sweep recomputes the study).
 """
 
 from __future__ import annotations

@@ -1,5 +1,9 @@
 """Crash repair: delete stored files no instance references, recompute interrupted rollups.
 
+A journal entry (`uploads`) older than the grace period is either a file no instance
+references (a write cut short: deleted) or the file of an instance whose rollups may not
+include it (a crash after the insert: its study is recomputed, then the entry removed).
+
 Everything only touches work older than a grace period, so a sweep never races a live ingest.
 
 The journal (`uploads`) names every file being written, so the periodic sweep needs nothing
@@ -33,21 +37,27 @@ class SweepReport:
 
 async def sweep(store: InstanceStore, grace_seconds: float, full: bool = False) -> SweepReport:
     cutoff = utcnow() - timedelta(seconds=grace_seconds)
-    deleted, settled = await _sweep_journal(store, cutoff)
+    deleted, referenced = await _sweep_journal(store, cutoff)
     unjournaled = await _sweep_unjournaled(store, cutoff) if full else 0
-    studies = await store.distinct(
-        "instances", "study", {"rollup_pending": True, "ingested_at": {"$lt": cutoff}}
+    pending = set(referenced.values())
+    # instances stored before the journal marked pending rollups were flagged instead
+    pending |= set(
+        await store.distinct(
+            "instances", "study", {"rollup_pending": True, "ingested_at": {"$lt": cutoff}}
+        )
     )
-    studies += await _studies_without_lists(store, set(studies))
+    studies = sorted(pending) + await _studies_without_lists(store, pending)
     for study_uid in studies:
         await store.recompute_rollups(study_uid)
-    report = SweepReport(deleted, settled, len(studies), unjournaled)
-    if deleted or settled or studies or unjournaled:
+    if referenced:  # the rollups include their instances now
+        await store.settle_uploads(list(referenced))
+    report = SweepReport(deleted, len(referenced), len(studies), unjournaled)
+    if deleted or referenced or studies or unjournaled:
         log.info(
             "sweep.done",
             extra={
                 "orphans_deleted": deleted,
-                "uploads_settled": settled,
+                "uploads_settled": len(referenced),
                 "studies_repaired": len(studies),
                 "unjournaled_deleted": unjournaled,
             },
@@ -65,25 +75,26 @@ async def _studies_without_lists(store: InstanceStore, already: set[str]) -> lis
     return [doc["_id"] for doc in docs if doc["_id"] not in already]
 
 
-async def _sweep_journal(store: InstanceStore, cutoff: datetime) -> tuple[int, int]:
-    """Old journal entries: forget those whose file an instance references, delete the rest
-    (file document and chunks, which may exist without a file document)."""
-    deleted = settled = 0
+async def _sweep_journal(store: InstanceStore, cutoff: datetime) -> tuple[int, dict[Any, str]]:
+    """Old journal entries: delete those whose file no instance references (file document
+    and chunks, which may exist without a file document); the others are instances whose
+    rollups may not include them: file id -> their study, to recompute."""
+    deleted = 0
+    referenced: dict[Any, str] = {}
     for entry in await store.find("uploads", {"started_at": {"$lt": cutoff}}):
         file_id = entry["_id"]
-        referenced = await store.find(
+        found = await store.find(
             "instances",
             {"$or": [{"file_id": file_id}, {"meta_file_id": file_id}]},
-            projection={"_id": 1},
+            projection={"study": 1},
             limit=1,
         )
-        if referenced:
-            await store.settle_uploads([file_id])
-            settled += 1
+        if found:
+            referenced[file_id] = found[0]["study"]
         else:
             await store.delete_files([file_id])
             deleted += 1
-    return deleted, settled
+    return deleted, referenced
 
 
 async def _sweep_unjournaled(store: InstanceStore, cutoff: datetime) -> int:

@@ -1,8 +1,9 @@
 """Crash safety: what a crash can leave at each point of the write order, and proof that the
 sweep repairs it; then a real `cloudpacs ingest` process killed with SIGKILL, repeatedly.
 
-Write order (storage.instances): journal entry -> GridFS bytes -> instance (flagged
-rollup_pending) -> journal entry removed -> rollups -> flag cleared.
+Write order (storage.instances): journal entry -> stored bytes -> instance -> rollups ->
+journal entry removed. A journal entry whose file an instance references marks that
+instance's rollups as possibly pending.
 """
 
 from __future__ import annotations
@@ -174,7 +175,7 @@ async def test_crash_after_insert_the_sweep_recomputes_rollups_exactly(
     await db.series.update_one(
         {"_id": series_c}, documents.series_upsert([doc_c], utcnow()), upsert=True
     )
-    assert await db.instances.count_documents({"rollup_pending": True}) == 2
+    assert await db.uploads.count_documents({}) == 2  # the marks of the pending rollups
     assert (await db.studies.find_one({"_id": study}))["instance_count"] == 3  # type: ignore[index]
 
     report = await sweep(runtime.store, grace_seconds=0)
@@ -187,7 +188,6 @@ async def test_crash_after_insert_the_sweep_recomputes_rollups_exactly(
     study_doc = await db.studies.find_one({"_id": study})
     assert study_doc is not None
     assert study_doc["modalities"] == ["CT", "MR"]
-    assert await db.instances.count_documents({"rollup_pending": True}) == 0
     assert await totals(runtime) == {"instances": 6, "uploads": 0, "fs.files": 6, "fs.chunks": 6}
     again = await sweep(runtime.store, grace_seconds=0)  # idempotent: nothing left to do
     assert (again.orphans_deleted, again.uploads_settled, again.studies_repaired) == (0, 0, 0)
@@ -233,15 +233,32 @@ async def test_crash_while_overwriting_leaves_an_old_file_only_the_full_sweep_fi
     assert await rollups(runtime) == ({spec.study_uid: (1, 1)}, {spec.series_uid: 1})
 
 
-async def test_a_recent_flagged_instance_is_left_to_its_live_ingest(
+async def test_a_recent_pending_instance_is_left_to_its_live_ingest(
     runtime: Runtime, tmp_path: Path
 ) -> None:
     write_instance(tmp_path / "x.dcm")
     await crash_after_insert(runtime, tmp_path / "x.dcm")
     report = await sweep(runtime.store, grace_seconds=3600)
     assert (report.uploads_settled, report.studies_repaired) == (0, 0)
-    assert await runtime.database.db.instances.count_documents({"rollup_pending": True}) == 1
+    assert await runtime.database.db.uploads.count_documents({}) == 1
     assert await runtime.database.db.studies.count_documents({}) == 0
+
+
+async def test_instances_flagged_by_earlier_versions_are_still_repaired(
+    runtime: Runtime, tmp_path: Path
+) -> None:
+    """Before the journal marked pending rollups, an instance carried `rollup_pending`."""
+    db = runtime.database.db
+    spec = write_instance(tmp_path / "x.dcm")
+    doc = await crash_after_insert(runtime, tmp_path / "x.dcm")
+    await runtime.store.settle_uploads([doc["file_id"]])  # the old order: settled first
+    await db.instances.update_one({"_id": spec.sop_uid}, {"$set": {"rollup_pending": True}})
+
+    report = await sweep(runtime.store, grace_seconds=0)
+
+    assert (report.uploads_settled, report.studies_repaired) == (0, 1)
+    assert await rollups(runtime) == ({spec.study_uid: (1, 1)}, {spec.series_uid: 1})
+    assert await db.instances.count_documents({"rollup_pending": True}) == 0
 
 
 # ---- a reply lost after the insert reached the server ----------------------------------
