@@ -31,6 +31,7 @@ from cloudpacs.storage import documents
 from cloudpacs.storage.database import Database, translate_errors
 from cloudpacs.storage.file_stores import FileStore
 from cloudpacs.storage.files import GridFSFiles, new_file_id
+from cloudpacs.storage.insert_batches import InsertBatches
 from cloudpacs.storage.locks import Locks
 from cloudpacs.storage.rollup_batches import RollupBatches
 from cloudpacs.storage.schema import (
@@ -93,6 +94,9 @@ class InstanceStore:
         self._lookup_ready = False
         self._search_ready = False
         self._rollups = RollupBatches(self._apply_rollups)
+        # concurrent ingests' journal entries and documents go in together (one transaction)
+        self._journal_inserts = InsertBatches(self.uploads)
+        self._instance_inserts = InsertBatches(self.instances)
 
     # ---- write path -------------------------------------------------------------------
     async def upload_file(self, path: Path, name: str, kind: str = "dicom") -> ObjectId:
@@ -115,7 +119,8 @@ class InstanceStore:
     async def _journal(self, name: str) -> ObjectId:
         file_id = new_file_id()
         async with translate_errors():
-            await self.uploads.insert_one({"_id": file_id, "name": name, "started_at": utcnow()})
+            entry = {"_id": file_id, "name": name, "started_at": utcnow()}
+            await self._journal_inserts.insert(entry)
         return file_id
 
     async def settle_uploads(self, file_ids: Sequence[ObjectId]) -> None:
@@ -168,7 +173,7 @@ class InstanceStore:
     async def insert(self, doc: dict[str, Any]) -> None:
         async with translate_errors():
             try:
-                await self.instances.insert_one(doc)
+                await self._instance_inserts.insert(doc)
             except DuplicateKeyError as exc:
                 raise AlreadyStored(doc["_id"]) from exc
 
@@ -197,16 +202,16 @@ class InstanceStore:
                 new_series += await self._upsert(self.series, series_uid, update) is None
             update = documents.study_upsert(docs, new_series, now)
             before = await self._upsert(self.studies, study_uid, update)
-            if before is None:
-                await self._enter_in_lookup(docs[0])
+            for series_uid, members in by_series.items():
+                update_members = documents.members_upsert(members)
+                await self._upsert(self.members, series_uid, update_members, returning=False)
             had = set(before.get("modalities") or []) if before else set()
             added = update["$addToSet"].get("modalities", {}).get("$each", [])
+            if before is None:
+                await self._enter_in_lookup(docs[0])
             if before is None or set(added) - had:
                 update = documents.study_search_upsert(docs, [m for m in added if m not in had])
                 await self._upsert(self.search, study_uid, update, returning=False)
-            for series_uid, members in by_series.items():
-                update = documents.members_upsert(members)
-                await self._upsert(self.members, series_uid, update, returning=False)
             # the rollups include these instances now: their journal entries may go (one
             # delete; the journal holds only files in flight, so its `$in` scan is short)
             file_ids = [doc[key] for doc in docs for key in FILE_KEYS if doc.get(key)]
