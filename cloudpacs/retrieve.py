@@ -59,6 +59,10 @@ class RetrieveService:
     def __init__(self, store: InstanceStore) -> None:
         self.store = store
 
+    async def check_files(self) -> None:
+        """Unavailable if the stored files cannot be reached (readiness)."""
+        await self.store.check_files()
+
     async def _matching(
         self, scope: Scope, sop: str | None, projection: dict[str, Any]
     ) -> AsyncIterator[dict[str, Any]]:

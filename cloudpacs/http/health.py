@@ -15,9 +15,11 @@ async def healthz(request: web.Request) -> web.Response:
 
 
 async def readyz(request: web.Request) -> web.Response:
-    """Ready when the database answers; 503 otherwise so balancers take the node out."""
+    """Ready when the database answers and the stored files can be reached; 503 otherwise
+    so balancers take the node out."""
     try:
         await services(request).database.ping()
+        await services(request).retrieve.check_files()
     except Unavailable as exc:
         return web.json_response({"status": "unavailable", "reason": str(exc)}, status=503)
     return web.json_response({"status": "ready"})

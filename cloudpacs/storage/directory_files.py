@@ -28,10 +28,11 @@ from typing import Any, BinaryIO, TypeVar
 from bson import ObjectId
 from bson.errors import InvalidId
 
-from cloudpacs.errors import NotFound
+from cloudpacs.errors import NotFound, Unavailable
 
 READ_BYTES = 1024 * 1024
 PART_SUFFIX = ".part"
+MARKER_NAME = "ARCHIVE"  # the id of the archive the directory belongs to (file_stores)
 T = TypeVar("T")
 
 
@@ -40,6 +41,11 @@ class DirectoryFiles:
 
     def __init__(self, root: Path) -> None:
         self.root = root
+
+    async def check(self) -> None:
+        """Unavailable when the directory is gone (an unmounted volume): /readyz says so."""
+        if not await asyncio.to_thread((self.root / MARKER_NAME).is_file):
+            raise Unavailable(f"file directory {self.root} is not available")
 
     def path(self, file_id: Any) -> Path:
         name = str(file_id)

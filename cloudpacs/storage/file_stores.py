@@ -26,12 +26,11 @@ from pymongo.errors import DuplicateKeyError
 from cloudpacs.config import Settings
 from cloudpacs.errors import ConfigError
 from cloudpacs.storage.database import Database, translate_errors
-from cloudpacs.storage.directory_files import DirectoryFiles
+from cloudpacs.storage.directory_files import MARKER_NAME, DirectoryFiles
 from cloudpacs.storage.files import GridFSFiles
 from cloudpacs.storage.schema import CHECKPOINTS, FILES_BUCKET, INSTANCES
 
 RECORD_ID = "file-store"
-MARKER_NAME = "ARCHIVE"  # in a directory store: the id of the archive it belongs to
 
 
 class FileStore(Protocol):
@@ -52,6 +51,8 @@ class FileStore(Protocol):
     async def delete(self, file_id: Any) -> None: ...
 
     async def completed_before(self, before: datetime) -> list[Any]: ...
+
+    async def check(self) -> None: ...
 
 
 async def open_file_store(database: Database, settings: Settings) -> FileStore:

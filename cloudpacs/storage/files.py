@@ -141,6 +141,9 @@ class GridFSFiles:
             await self.chunks.delete_many({"files_id": file_id})
         await self.files.delete_one({"_id": file_id})
 
+    async def check(self) -> None:
+        """Nothing beyond the database, which /readyz pings anyway."""
+
     async def completed_before(self, before: datetime) -> list[Any]:
         """Ids of the files completed before `before` (the full sweep's candidates)."""
         files = self.files.find({"uploadDate": {"$lt": before}}, {"_id": 1})

@@ -445,6 +445,10 @@ class InstanceStore:
         loaded: dict[str, Any] = json.loads(b"".join(chunks))
         return loaded
 
+    async def check_files(self) -> None:
+        """Unavailable if the stored files cannot be reached (storage.file_stores)."""
+        await self.blobs.check()
+
     async def stream_file(self, file_id: Any) -> AsyncIterator[bytes]:
         async with translate_errors():
             async for chunk in self.blobs.read(file_id):

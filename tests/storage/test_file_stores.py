@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 from pathlib import Path
+from typing import Any
 
 import pytest
 from bson import ObjectId
@@ -220,3 +221,18 @@ async def test_a_wrong_or_missing_directory_is_refused(
     (tmp_path / "elsewhere" / "ARCHIVE").write_text("0123abcd\n")
     with pytest.raises(ConfigError, match="belongs to another archive"):
         await store_kind(dataclasses.replace(settings, file_store_dir=tmp_path / "elsewhere"), uri)
+
+
+@DIRECTORY
+async def test_readiness_fails_while_the_directory_is_gone(
+    runtime: Runtime,
+    client: Any,
+) -> None:
+    root = runtime.settings.file_dir
+    assert (await client.get("/readyz")).status == 200
+    root.rename(root.with_name("unmounted"))
+    answer = await client.get("/readyz")
+    assert answer.status == 503
+    assert "file directory" in (await answer.json())["reason"]
+    root.with_name("unmounted").rename(root)
+    assert (await client.get("/readyz")).status == 200
