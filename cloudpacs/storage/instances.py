@@ -5,7 +5,7 @@ Write order (no multi-document transactions on FerretDB, so visibility is one in
   1. an `uploads` journal entry names the file id about to be written
   2. the file bytes go to the file store               (invisible: nothing references them)
   3. the instance document is inserted                 (the instance is now visible)
-  4. series and study rollups are updated (storage.rollup_batches), then the journal entry
+  4. series and study rollups are updated (storage.group_commit), then the journal entry
      is removed
 A crash before 3 leaves a journal entry whose file (chunks included) the sweep deletes; after
 3, a journal entry whose file an instance references: the sweep recomputes that instance's
@@ -31,9 +31,9 @@ from cloudpacs.storage import documents
 from cloudpacs.storage.database import Database, translate_errors
 from cloudpacs.storage.file_stores import FileStore
 from cloudpacs.storage.files import GridFSFiles, new_file_id
+from cloudpacs.storage.group_commit import GroupCommit
 from cloudpacs.storage.insert_batches import InsertBatches
 from cloudpacs.storage.locks import Locks
-from cloudpacs.storage.rollup_batches import RollupBatches
 from cloudpacs.storage.schema import (
     CHECKPOINTS,
     FILES_BUCKET,
@@ -93,7 +93,8 @@ class InstanceStore:
         self._ferretdb: bool | None = None  # learnt from the server on first use
         self._lookup_ready = False
         self._search_ready = False
-        self._rollups = RollupBatches(self._apply_rollups)
+        # the new instances of a study arriving meanwhile are counted in together
+        self._rollups: GroupCommit[dict[str, Any], None] = GroupCommit(self._apply_rollups)
         # concurrent ingests' journal entries and documents go in together (one transaction)
         self._journal_inserts = InsertBatches(self.uploads)
         self._instance_inserts = InsertBatches(self.instances)
@@ -187,7 +188,7 @@ class InstanceStore:
 
     async def apply_rollups(self, doc: dict[str, Any]) -> None:
         """Count one new instance into its series and study, then remove its journal entries
-        (together with the other new instances of its study: storage.rollup_batches)."""
+        (together with the other new instances of its study: storage.group_commit)."""
         await self._rollups.add(doc["study"], doc)
 
     async def _apply_rollups(self, study_uid: str, docs: list[dict[str, Any]]) -> None:

@@ -6,13 +6,9 @@ kept exact by ingest, deletion and rebuilds, and queries fall back to scans with
 
 from __future__ import annotations
 
-import contextlib
 import random
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
-
-from pymongo import AsyncMongoClient, monitoring
 
 from cloudpacs.dicom.levels import Level
 from cloudpacs.dicom.matching import parse_query
@@ -20,11 +16,11 @@ from cloudpacs.ingest import Outcome, Source
 from cloudpacs.retrieve import RetrieveService
 from cloudpacs.runtime import Runtime
 from cloudpacs.search import Scope, SearchService
-from cloudpacs.storage.database import Database
 from cloudpacs.storage.instances import InstanceStore
 from cloudpacs.storage.schema import init_schema
 from cloudpacs.storage.sweep import sweep
 from tests.factory import Spec, write_study
+from tests.storage.listening import listened_store
 
 BASE = "http://archive/dicomweb"
 
@@ -77,23 +73,6 @@ async def test_ingest_deletion_and_rebuild_keep_the_lists_exact(
     assert await _lists(runtime, study_uid) == (set(expected), expected)
 
 
-class FindFilters(monitoring.CommandListener):
-    """The filter of every `find` sent to the server."""
-
-    def __init__(self) -> None:
-        self.filters: list[dict[str, Any]] = []
-
-    def started(self, event: monitoring.CommandStartedEvent) -> None:
-        if event.command_name == "find":
-            self.filters.append(dict(event.command.get("filter", {})))
-
-    def succeeded(self, event: monitoring.CommandSucceededEvent) -> None:
-        pass
-
-    def failed(self, event: monitoring.CommandFailedEvent) -> None:
-        pass
-
-
 async def _reads(store: InstanceStore, study_uid: str, series_uid: str) -> dict[str, list[str]]:
     """What QIDO and WADO-RS answer for a study and one of its series (as UID lists)."""
     search, retrieve = SearchService(store), RetrieveService(store)
@@ -113,21 +92,6 @@ async def _reads(store: InstanceStore, study_uid: str, series_uid: str) -> dict[
         "study metadata": metadata,
         "series retrieval": [str(part.location).rsplit("/", 1)[1] async for part in parts],
     }
-
-
-@contextlib.asynccontextmanager
-async def listened_store(runtime: Runtime) -> AsyncIterator[tuple[InstanceStore, FindFilters]]:
-    """A store on its own client, whose every `find` filter is recorded."""
-    listener = FindFilters()
-    settings = runtime.settings
-    assert settings.mongo_uri is not None
-    client: AsyncMongoClient[dict[str, Any]] = AsyncMongoClient(
-        settings.mongo_uri, event_listeners=[listener], tz_aware=True
-    )
-    try:
-        yield InstanceStore(Database(client=client, db=client[settings.database])), listener
-    finally:
-        await client.close()
 
 
 def by_id_only(filters: list[dict[str, Any]]) -> bool:

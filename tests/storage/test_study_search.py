@@ -4,12 +4,8 @@ deletion and rebuilds, and older archives get them once."""
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
-
-from pymongo import AsyncMongoClient, monitoring
 
 from cloudpacs.dicom.levels import Level
 from cloudpacs.dicom.matching import parse_query
@@ -17,43 +13,12 @@ from cloudpacs.ingest import Outcome, Source
 from cloudpacs.runtime import Runtime
 from cloudpacs.search import Scope, SearchService
 from cloudpacs.storage import documents
-from cloudpacs.storage.database import Database
 from cloudpacs.storage.instances import InstanceStore
 from cloudpacs.storage.schema import init_schema
 from tests.factory import Spec, write_instance
+from tests.storage.listening import listened_store
 
 BASE = "http://archive/dicomweb"
-
-
-class Finds(monitoring.CommandListener):
-    """(collection, filter) of every `find` sent to the server."""
-
-    def __init__(self) -> None:
-        self.finds: list[tuple[str, dict[str, Any]]] = []
-
-    def started(self, event: monitoring.CommandStartedEvent) -> None:
-        if event.command_name == "find":
-            self.finds.append((event.command["find"], dict(event.command.get("filter", {}))))
-
-    def succeeded(self, event: monitoring.CommandSucceededEvent) -> None:
-        pass
-
-    def failed(self, event: monitoring.CommandFailedEvent) -> None:
-        pass
-
-
-@contextlib.asynccontextmanager
-async def listened_store(runtime: Runtime) -> AsyncIterator[tuple[InstanceStore, Finds]]:
-    listener = Finds()
-    settings = runtime.settings
-    assert settings.mongo_uri is not None
-    client: AsyncMongoClient[dict[str, Any]] = AsyncMongoClient(
-        settings.mongo_uri, event_listeners=[listener], tz_aware=True
-    )
-    try:
-        yield InstanceStore(Database(client=client, db=client[settings.database])), listener
-    finally:
-        await client.close()
 
 
 async def store(runtime: Runtime, path: Path, **spec: Any) -> Spec:

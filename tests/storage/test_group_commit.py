@@ -1,5 +1,5 @@
-"""Group commit of rollups (storage.rollup_batches): the batching logic with a fake apply,
-then concurrent ingests of one study against a real FerretDB."""
+"""Group commit (storage.group_commit): the batching logic with a fake apply, then
+concurrent ingests of one study, whose rollups it batches, against a real FerretDB."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ import pytest
 from cloudpacs.errors import Unavailable
 from cloudpacs.ingest import Outcome, Source
 from cloudpacs.runtime import Runtime
-from cloudpacs.storage.rollup_batches import RollupBatches
+from cloudpacs.storage.group_commit import GroupCommit
 from tests.factory import Spec, write_instance
 
 
@@ -42,7 +42,7 @@ class FakeApply:
 
 async def test_instances_arriving_during_an_update_form_the_next_batch() -> None:
     apply = FakeApply()
-    batches = RollupBatches(apply)
+    batches = GroupCommit(apply)
     first = asyncio.create_task(batches.add("s1", {"_id": "a"}))
     await asyncio.sleep(0.01)  # "a" alone is being applied ...
     rest = [asyncio.create_task(batches.add("s1", {"_id": sop})) for sop in "bcde"]
@@ -52,13 +52,14 @@ async def test_instances_arriving_during_an_update_form_the_next_batch() -> None
     apply.release.set()
     await asyncio.gather(first, *rest, other)
     assert sorted(apply.batches) == [("s1", ["a"]), ("s1", ["b", "c", "d", "e"]), ("s2", ["x"])]
+    assert [task.result() for task in rest] == [(None, 0), (None, 1), (None, 2), (None, 3)]
     assert not apply.overlapped
 
 
 async def test_a_failed_batch_fails_each_of_its_members_and_not_the_next() -> None:
     apply = FakeApply()
     apply.fail_with = Unavailable("database down")
-    batches = RollupBatches(apply)
+    batches = GroupCommit(apply)
     members = [asyncio.create_task(batches.add("s1", {"_id": sop})) for sop in "abc"]
     await asyncio.sleep(0.01)
     apply.release.set()
@@ -71,7 +72,7 @@ async def test_a_failed_batch_fails_each_of_its_members_and_not_the_next() -> No
 
 async def test_a_cancelled_member_does_not_stop_its_batch() -> None:
     apply = FakeApply()
-    batches = RollupBatches(apply)
+    batches = GroupCommit(apply)
     leaver = asyncio.create_task(batches.add("s1", {"_id": "a"}))
     stayer = asyncio.create_task(batches.add("s1", {"_id": "b"}))
     await asyncio.sleep(0.01)
