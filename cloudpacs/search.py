@@ -12,15 +12,13 @@ from typing import Any
 from cloudpacs.dicom import levels as t
 from cloudpacs.dicom.jsonmodel import with_absolute_bulk_uris
 from cloudpacs.dicom.levels import Level
-from cloudpacs.dicom.matching import Match, MatchKind, QidoQuery
+from cloudpacs.dicom.matching import Match, QidoQuery
 from cloudpacs.storage.filters import INSTANCE_KEYS, SERIES_KEYS, STUDY_KEYS, match_filter
 from cloudpacs.storage.instances import InstanceStore
 from cloudpacs.storage.schema import INSTANCES, SERIES, STUDIES
 
 STUDY_FIELDS = frozenset(STUDY_KEYS) | frozenset(t.STUDY_ATTRIBUTES)
 SERIES_FIELDS = frozenset(SERIES_KEYS) | frozenset(t.SERIES_ATTRIBUTES)
-# Exact study matches the study lookup answers (storage.documents.LOOKUP_KEYS), by tag.
-LOOKUP_TAGS = {t.PATIENT_ID: "patient_id", t.ACCESSION_NUMBER: "accession"}
 
 
 @dataclass(frozen=True)
@@ -72,17 +70,18 @@ class SearchService:
         return await self._instances(query, scope, base_url)
 
     async def _studies(self, query: QidoQuery, scope: Scope, base_url: str) -> list[dict[str, Any]]:
-        looked_up = await self._looked_up_studies(query, scope)
-        if looked_up is not None:
-            return [_study_json(doc, query, base_url) for doc in _page(looked_up, query)]
         own = [m for m in query.matches if m.tag in STUDY_FIELDS]
         other = [m for m in query.matches if m.tag not in STUDY_FIELDS]
         conditions = [_on(m, STUDY_KEYS) for m in own] + [scope.project_filter()]
+        docs = None
+        if not other and all(m.tag in STUDY_KEYS for m in own):  # the study index may tell
+            docs = await self.store.indexed_studies(
+                own, _and(conditions), query.offset, query.limit
+            )
         if other:
             studies = await self._distinct_instances("study", other, scope.project_filter())
             conditions.append({"_id": {"$in": studies}})
-        docs = None
-        if all(m.tag in STUDY_KEYS for m in own):  # the slim search documents suffice
+        if docs is None and all(m.tag in STUDY_KEYS for m in own):  # slim documents suffice
             docs = await self.store.searched_studies(_and(conditions), query.offset, query.limit)
         if docs is None:
             docs = await self.store.find(
@@ -145,32 +144,6 @@ class SearchService:
         conditions = [_on(m, INSTANCE_KEYS) for m in matches] + [scope_filter]
         return await self.store.distinct(INSTANCES, key, _and(conditions))
 
-    async def _looked_up_studies(
-        self, query: QidoQuery, scope: Scope
-    ) -> list[dict[str, Any]] | None:
-        """The answer found by `_id` alone (no scan on FerretDB) when every match is an exact
-        one on PatientID, AccessionNumber or StudyInstanceUID; None for any other query."""
-        if not query.matches or not all(_looked_up(m) for m in query.matches):
-            return None
-        candidates: set[str] | None = None
-        wanted: dict[str, set[str]] = {}
-        for match in query.matches:
-            if match.tag == t.STUDY_INSTANCE_UID:
-                found: set[str] | None = set(match.values)
-            else:
-                key = LOOKUP_TAGS[match.tag]
-                found = await self.store.looked_up_studies(key, match.values)
-                wanted[key] = set(match.values)
-            if found is None:
-                return None
-            candidates = found if candidates is None else candidates & found
-        docs = await self.store.by_ids(STUDIES, sorted(candidates or ()))
-        return [
-            doc
-            for doc in docs
-            if scope.may_see(doc) and all(doc.get(k) in v for k, v in wanted.items())
-        ]
-
     async def _studies_by_id(self, uids: set[str]) -> dict[str, dict[str, Any]]:
         docs = await self.store.by_ids(STUDIES, sorted(uids))
         return {doc["_id"]: doc for doc in docs}
@@ -183,11 +156,6 @@ class SearchService:
             return None
         docs = await self.store.by_ids(SERIES, sorted(uids))
         return [doc for doc in docs if doc["study"] == scope.study and scope.may_see(doc)]
-
-
-def _looked_up(match: Match) -> bool:
-    exact = match.kind in (MatchKind.SINGLE, MatchKind.LIST)
-    return exact and (match.tag in LOOKUP_TAGS or match.tag == t.STUDY_INSTANCE_UID)
 
 
 def _page(docs: list[dict[str, Any]], query: QidoQuery) -> list[dict[str, Any]]:

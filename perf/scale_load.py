@@ -26,7 +26,6 @@ from typing import Any
 
 from benchlib import Server, cpu_seconds
 from orthanc_server import orthanc_post_file
-from pymongo.errors import DuplicateKeyError
 from scale_corpus import ScaleCorpus, ScaleStudy
 
 from cloudpacs.dicom.parse import parse_file
@@ -34,8 +33,10 @@ from cloudpacs.ingest import Ingestor, Source
 from cloudpacs.metrics import Metrics
 from cloudpacs.storage import documents
 from cloudpacs.storage.database import Database, open_database
-from cloudpacs.storage.instances import InstanceStore
+from cloudpacs.storage.instances import InstanceStore, utcnow
+from cloudpacs.storage.locks import Locks
 from cloudpacs.storage.schema import CHECKPOINTS, INSTANCES, LOCKS, STUDY_LOOKUP
+from cloudpacs.storage.study_index import StudyIndex
 
 PROJECT = "default"  # cloudpacs's default project (settings.default_project)
 SOURCE_KIND = "import"  # what `cloudpacs import` records as the source
@@ -85,6 +86,7 @@ class DirectLoader:
         self.main: Database = open_database(uri, database)
         self.staging: Database = open_database(uri, staging)
         self.store = InstanceStore(self.staging)
+        self.index = StudyIndex(self.main.db[STUDY_LOOKUP], Locks(self.main.db[LOCKS], utcnow))
 
     async def close(self) -> None:
         await self.main.client.drop_database(self.staging.db.name)
@@ -107,24 +109,12 @@ class DirectLoader:
             if name in (INSTANCES, LOCKS, CHECKPOINTS):  # the main archive has its own
                 continue
             copies = await scratch[name].find({}).to_list(None)
-            if name == STUDY_LOOKUP:  # entries are shared by the studies of one patient
-                for entry in copies:
-                    await merge_lookup_entry(self.main.db[name], entry)
+            if name == STUDY_LOOKUP:  # entries are shared by many studies: entered under a lock
+                entries = [entry["_id"] for entry in copies if "studies" in entry]
+                decades = [v for entry in copies for v in entry.get("values", [])]
+                await self.index.enter(study, entries, decades[0] if decades else None)
             elif copies:
                 await self.main.db[name].insert_many(copies, ordered=False)
-
-
-async def merge_lookup_entry(collection: Any, entry: dict[str, Any]) -> None:
-    """Add a study lookup entry's studies; concurrent upserts of one new _id make FerretDB
-    answer DuplicateKeyError to all but one, and the others then update."""
-    update = {"$addToSet": {"studies": {"$each": entry["studies"]}}}
-    for attempt in range(3):
-        try:
-            await collection.update_one({"_id": entry["_id"]}, update, upsert=True)
-            return
-        except DuplicateKeyError:
-            if attempt == 2:
-                raise
 
 
 def load_cloudpacs(

@@ -27,8 +27,6 @@ SERIES_KEYS = ("modality", "series_number")
 # What a study_search document holds (storage.schema.STUDY_SEARCH): what study searches
 # filter on (storage.filters.STUDY_KEYS), and the project.
 SEARCH_KEYS = ("project", *STUDY_KEYS, "modalities")
-# Study keys the study lookup answers exact matches on (see storage.schema.STUDY_LOOKUP).
-LOOKUP_KEYS = ("patient_id", "accession")
 
 
 def instance_document(
@@ -142,12 +140,3 @@ def study_search_upsert(docs: Sequence[dict[str, Any]], modalities: list[str]) -
 
 def _distinct(values: Iterable[Any]) -> list[Any]:
     return list(dict.fromkeys(values))
-
-
-def lookup_id(key: str, value: Any) -> str:
-    return f"{key}={value}"
-
-
-def lookup_ids(doc: dict[str, Any]) -> list[str]:
-    """The study lookup entries a study (or an instance of it) belongs in."""
-    return [lookup_id(key, doc[key]) for key in LOOKUP_KEYS if doc.get(key)]

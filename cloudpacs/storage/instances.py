@@ -27,7 +27,8 @@ from bson import ObjectId
 from pymongo import ReturnDocument
 from pymongo.errors import DuplicateKeyError
 
-from cloudpacs.storage import documents
+from cloudpacs.dicom.matching import Match
+from cloudpacs.storage import documents, evaluate, study_index
 from cloudpacs.storage.database import Database, translate_errors
 from cloudpacs.storage.file_stores import FileStore
 from cloudpacs.storage.files import GridFSFiles, new_file_id
@@ -38,6 +39,7 @@ from cloudpacs.storage.schema import (
     CHECKPOINTS,
     FILES_BUCKET,
     INSTANCES,
+    LOCKS,
     REJECTIONS,
     SERIES,
     SERIES_MEMBERS,
@@ -49,10 +51,15 @@ from cloudpacs.storage.schema import (
     STUDY_SEARCH_READY,
     UPLOADS,
 )
+from cloudpacs.storage.study_index import StudyIndex
 
 UPSERT_RETRIES = 3
 FILE_KEYS = ("file_id", "meta_file_id")  # the stored files an instance document names
 LOOKUPS_AT_ONCE = 16  # concurrent lookups by _id where a `$in` would scan (FerretDB)
+# Study index candidates are checked this many at a time, up to about this many in all
+# (beyond, one scan of the search documents costs less than the lookups: perf/RESULTS.md).
+CHECKS_AT_ONCE = 64
+MAX_CHECKS = 3000
 
 
 log = logging.getLogger(__name__)
@@ -88,10 +95,11 @@ class InstanceStore:
         self.search = self.db[STUDY_SEARCH]
         self.uploads = self.db[UPLOADS]
         # Rollup updates of a study are serialised across processes (see storage.locks).
-        self.locks = Locks(self.db, utcnow)
+        self.locks = Locks(self.db[LOCKS], utcnow)
+        self.study_index = StudyIndex(self.lookup, self.locks)
         self._database = database
         self._ferretdb: bool | None = None  # learnt from the server on first use
-        self._lookup_ready = False
+        self._index_ready = False
         self._search_ready = False
         # the new instances of a study arriving meanwhile are counted in together
         self._rollups: GroupCommit[dict[str, Any], None] = GroupCommit(self._apply_rollups)
@@ -208,10 +216,13 @@ class InstanceStore:
                 await self._upsert(self.members, series_uid, update_members, returning=False)
             had = set(before.get("modalities") or []) if before else set()
             added = update["$addToSet"].get("modalities", {}).get("$each", [])
+            new_modalities = [m for m in added if m not in had]
             if before is None:
-                await self._enter_in_lookup(docs[0])
-            if before is None or set(added) - had:
-                update = documents.study_search_upsert(docs, [m for m in added if m not in had])
+                await self._enter_in_index(docs[0], added)
+            elif new_modalities:
+                await self._enter_in_index({"study": study_uid}, new_modalities)
+            if before is None or new_modalities:
+                update = documents.study_search_upsert(docs, new_modalities)
                 await self._upsert(self.search, study_uid, update, returning=False)
             # the rollups include these instances now: their journal entries may go (one
             # delete; the journal holds only files in flight, so its `$in` scan is short)
@@ -235,10 +246,11 @@ class InstanceStore:
                     raise
         return None
 
-    async def _enter_in_lookup(self, doc: dict[str, Any]) -> None:
-        for key in documents.lookup_ids(doc):
-            update = {"$addToSet": {"studies": doc["study"]}}
-            await self._upsert(self.lookup, key, update, returning=False)
+    async def _enter_in_index(self, doc: dict[str, Any], modalities: Sequence[str]) -> None:
+        """Name a study (from its first instance) in the study index; only on FerretDB."""
+        if await self._in_scans():
+            entries = study_index.entries_of(doc, modalities)
+            await self.study_index.enter(doc["study"], entries, study_index.decade_of(doc))
 
     async def recompute_rollups(self, study_uid: str) -> None:
         """Rebuild a study's and its series' rollups from the instances (crash repair)."""
@@ -285,7 +297,7 @@ class InstanceStore:
                 await self.studies.delete_one({"_id": study_uid})
                 await self.search.delete_one({"_id": study_uid})
             else:
-                await self._enter_in_lookup(first)
+                await self._enter_in_index(first, sorted(modalities))
                 study_doc = documents.study_upsert([first], 1, now)["$setOnInsert"]
                 await self.studies.replace_one(
                     {"_id": study_uid},
@@ -385,16 +397,39 @@ class InstanceStore:
             self._ferretdb = (await self._database.server_info()).ferretdb
         return self._ferretdb
 
-    async def looked_up_studies(self, key: str, values: Sequence[Any]) -> set[str] | None:
-        """UIDs of the studies whose `key` (one of documents.LOOKUP_KEYS) had one of `values`
-        (a superset: entries are not removed when a study changes; check the documents).
-        None until the lookup holds every study (see schema._fill_study_lookup)."""
-        if not self._lookup_ready:
-            self._lookup_ready = bool(await self.by_ids(CHECKPOINTS, [STUDY_LOOKUP_READY["_id"]]))
-            if not self._lookup_ready:
+    async def indexed_studies(
+        self, matches: Sequence[Match], query: dict[str, Any], skip: int, limit: int
+    ) -> list[dict[str, Any]] | None:
+        """The study rollups matching `query` (on the search keys: documents.SEARCH_KEYS), in
+        UID order, found through the study index (storage.study_index) with lookups by `_id`
+        only. None where the index cannot answer: on MongoDB (its indexes do), before the
+        index is built, when no match can be looked up, or when checking the candidates
+        would cost more than a scan."""
+        if not await self._in_scans() or not await self._index_built():
+            return None
+        candidates = await self.study_index.candidates(matches)
+        if candidates is None:
+            return None
+        ordered, wanted, found = sorted(candidates), skip + limit, []
+        for start in range(0, len(ordered), CHECKS_AT_ONCE):
+            docs = await self.by_ids(STUDY_SEARCH, ordered[start : start + CHECKS_AT_ONCE])
+            try:
+                found += [doc["_id"] for doc in docs if evaluate.matches(doc, query)]
+            except evaluate.Unsupported:
                 return None
-        ids = [documents.lookup_id(key, value) for value in values]
-        return {uid for entry in await self.by_ids(STUDY_LOOKUP, ids) for uid in entry["studies"]}
+            if len(found) >= wanted:
+                break
+            checked = start + CHECKS_AT_ONCE
+            expected = checked + (wanted - len(found)) * checked / max(len(found), 1)
+            if min(expected, len(ordered)) > MAX_CHECKS:
+                return None
+        return await self.by_ids(STUDIES, found[skip:wanted])
+
+    async def _index_built(self) -> bool:
+        if not self._index_ready:
+            ready = [STUDY_LOOKUP_READY["_id"], STUDY_SEARCH_READY["_id"]]
+            self._index_ready = len(await self.by_ids(CHECKPOINTS, ready)) == 2
+        return self._index_ready
 
     async def searched_studies(
         self, query: dict[str, Any], skip: int, limit: int

@@ -19,15 +19,14 @@ from typing import Any
 from pymongo.errors import DuplicateKeyError
 
 from cloudpacs.errors import Unavailable
-from cloudpacs.storage.schema import LOCKS
 
 LOCK_TTL_SECONDS = 60.0
 ACQUIRE_TIMEOUT_SECONDS = 30.0
 
 
 class Locks:
-    def __init__(self, db: Any, now: Any) -> None:
-        self.collection = db[LOCKS]
+    def __init__(self, collection: Any, now: Any) -> None:
+        self.collection = collection  # storage.schema.LOCKS
         self.now = now
 
     @asynccontextmanager

@@ -7,14 +7,17 @@ runs on every ingest whatever the server.
 
 from __future__ import annotations
 
+import asyncio
 import logging
+from datetime import UTC, datetime
 from typing import Any
 
 from pymongo import ASCENDING, IndexModel
 from pymongo.errors import CollectionInvalid, DuplicateKeyError, OperationFailure
 
-from cloudpacs.storage import documents
+from cloudpacs.storage import documents, study_index
 from cloudpacs.storage.database import NOT_IMPLEMENTED_CODE, Database, translate_errors
+from cloudpacs.storage.locks import Locks
 
 log = logging.getLogger(__name__)
 
@@ -23,9 +26,11 @@ SERIES = "series"
 STUDIES = "studies"
 # series UID -> the SOP Instance UIDs in it, so listing a series is a lookup by _id
 SERIES_MEMBERS = "series_members"
-# "patient_id=<value>" / "accession=<value>" -> UIDs of the studies with it (see study_lookup)
+# the study index of the embedded database: "patient_id=<value>", "name:SMI", "date:202403",
+# "modality:CT", ... -> UIDs of the studies with it (storage.study_index)
 STUDY_LOOKUP = "study_lookup"
-STUDY_LOOKUP_READY = {"_id": "index:study_lookup"}  # in CHECKPOINTS once every study is in
+# in CHECKPOINTS once every study is in (2: with the name, date and modality entries)
+STUDY_LOOKUP_READY = {"_id": "index:study_lookup:2"}
 # per study, only the keys a study search filters on: FerretDB answers a search by decoding
 # every document it scans, and these are a fifth of the size of the study rollups
 STUDY_SEARCH = "study_search"
@@ -61,6 +66,8 @@ APP_APPEND_ONLY = (AUDIT,)
 # NamespaceExists, IndexAlreadyExists, IndexOptionsConflict, IndexKeySpecsConflict
 ALREADY_EXISTS_CODES = {48, 68, 85, 86}
 UNAUTHORIZED_CODE = 13
+
+FILL_BATCH = 100
 
 _UID_PATTERN = r"^(0|[1-9][0-9]*)(\.(0|[1-9][0-9]*))*$"
 _UID_SCHEMA = {"bsonType": "string", "maxLength": 64, "pattern": _UID_PATTERN}
@@ -162,26 +169,33 @@ async def init_schema(database: Database) -> list[str]:
             (f"{FILES_BUCKET}.chunks", CHUNKS_INDEXES),
         ):
             await _ensure_indexes(db[collection], indexes)
-        notes += await _fill_study_lookup(db)
+        if (await database.server_info()).ferretdb:
+            notes += await _fill_study_index(db)
         notes += await _fill_study_search(db)
     notes.append("indexes ready")
     return notes
 
 
-async def _fill_study_lookup(db: Any) -> list[str]:
-    """Archives from before the study lookup: enter every study once (one scan of the
-    studies), then mark it ready; ingest keeps it up to date from then on."""
+async def _fill_study_index(db: Any) -> list[str]:
+    """Archives from before the study index (or its name, date and modality entries): enter
+    every study once (one scan of the studies), then mark it ready; ingest keeps it up to
+    date from then on. Only on FerretDB: MongoDB's indexes answer the same searches."""
     if await db[CHECKPOINTS].find_one(STUDY_LOOKUP_READY):
         return []
+    index = study_index.StudyIndex(db[STUDY_LOOKUP], Locks(db[LOCKS], lambda: datetime.now(UTC)))
+    fields = {key: 1 for key in (*study_index.EXACT_KEYS.values(), "patient_name", "study_date")}
     count = 0
-    async for study in db[STUDIES].find({}, {key: 1 for key in documents.LOOKUP_KEYS}):
-        for key in documents.lookup_ids(study):
-            await db[STUDY_LOOKUP].update_one(
-                {"_id": key}, {"$addToSet": {"studies": study["_id"]}}, upsert=True
-            )
+    pending: list[Any] = []
+    async for study in db[STUDIES].find({}, {**fields, "modalities": 1}):
+        entries = study_index.entries_of(study, study.get("modalities") or [])
+        pending.append(index.enter(study["_id"], entries, study_index.decade_of(study)))
         count += 1
+        if len(pending) >= FILL_BATCH:  # entered together, in one round
+            await asyncio.gather(*pending)
+            pending = []
+    await asyncio.gather(*pending)
     await _insert_once(db[CHECKPOINTS], dict(STUDY_LOOKUP_READY))
-    return [f"study lookup built for {count} studies"] if count else []
+    return [f"study index built for {count} studies"] if count else []
 
 
 async def _fill_study_search(db: Any) -> list[str]:

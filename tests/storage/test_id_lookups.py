@@ -164,7 +164,8 @@ async def test_exact_study_searches_use_the_study_lookup(runtime: Runtime, tmp_p
 
         # a study's patient ID corrected: stale entries are checked against the study
         db = runtime.database.db
-        await db.studies.update_one({"_id": uid2}, {"$set": {"patient_id": "LOOK9"}})
+        for rollup in (db.studies, db.study_search):
+            await rollup.update_one({"_id": uid2}, {"$set": {"patient_id": "LOOK9"}})
         assert await _study_search(store, [("PatientID", "LOOK1")]) == [uid1]
 
 
@@ -174,18 +175,18 @@ async def test_archives_from_before_the_lookup_get_it_built_once(
     specs = await _store_study(runtime, tmp_path, patient_id="OLD1")
     db = runtime.database.db
     await db.study_lookup.delete_many({})
-    await db.checkpoints.delete_one({"_id": "index:study_lookup"})
+    await db.checkpoints.delete_one({"_id": "index:study_lookup:2"})
     async with listened_store(runtime) as (store, listener):
         # not ready: the search scans, and still finds the study
         assert await _study_search(store, [("PatientID", "OLD1")]) == [specs[0].study_uid]
         assert not by_id_only(listener.filters)
         notes = await init_schema(runtime.database)
-        assert "study lookup built for 1 studies" in notes
+        assert "study index built for 1 studies" in notes
         assert await db.study_lookup.find_one({"_id": "patient_id=OLD1"}) == {
             "_id": "patient_id=OLD1",
             "studies": [specs[0].study_uid],
         }
-        assert "study lookup built" not in " ".join(await init_schema(runtime.database))
+        assert "study index built" not in " ".join(await init_schema(runtime.database))
         listener.filters.clear()
         assert await _study_search(store, [("PatientID", "OLD1")]) == [specs[0].study_uid]
         assert by_id_only(listener.filters), listener.filters

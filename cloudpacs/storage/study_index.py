@@ -1,0 +1,207 @@
+"""The study index of the embedded database: entries read by `_id` that name studies.
+
+FerretDB answers only a lone `{_id: value}` from an index; any other filter decodes every
+document of the collection. So on FerretDB, study searches on the common keys read a few
+entries of `study_lookup` by `_id` and check only the studies those name:
+
+  patient_id=<value>, accession=<value>         exact values
+  name:<p>                                      the first 1, 2 and 3 characters of each
+                                                PatientName group (upper-cased)
+  date:<YYY> / date:<YYYY> / date:<YYYYMM>      decade, year and month of StudyDate
+  modality:<m>                                  each modality in the study
+  study_date:decades  (field `values`)          the decades present, bounding open ranges
+
+An entry is only ever added to (a study whose keys change keeps its old entries), so it may
+name studies that no longer match: callers check every candidate (storage.evaluate). FerretDB
+applies update operators as unisolated read-modify-writes (storage.locks), so entries shared
+by many studies are updated under one lock, and the entries of studies arriving together go
+in one round (storage.group_commit). On MongoDB its indexes answer these searches and no
+entries are written.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterable, Sequence
+from datetime import datetime
+from typing import Any
+
+from pymongo import UpdateOne
+
+from cloudpacs.dicom import levels as t
+from cloudpacs.dicom.keys import normalise_name, parse_date
+from cloudpacs.dicom.matching import Match, MatchKind
+from cloudpacs.storage.group_commit import GroupCommit
+from cloudpacs.storage.locks import Locks
+
+NAME_PREFIXES = (1, 2, 3)
+DECADES_ID = "study_date:decades"
+LOCK_NAME = "study-index"
+LOOKUPS_AT_ONCE = 16
+EXACT_KEYS = {t.PATIENT_ID: "patient_id", t.ACCESSION_NUMBER: "accession"}
+Month = tuple[int, int]
+
+
+def exact_id(key: str, value: Any) -> str:
+    return f"{key}={value}"
+
+
+def entries_of(study: dict[str, Any], modalities: Iterable[str]) -> list[str]:
+    """The entries a study belongs in, from its keys (a rollup or its first instance)."""
+    out = [exact_id(key, study[key]) for key in EXACT_KEYS.values() if study.get(key)]
+    for group in _groups(study.get("patient_name")):
+        out += [f"name:{group[:n]}" for n in NAME_PREFIXES if len(group) >= n]
+    date = study.get("study_date")
+    if isinstance(date, datetime):
+        out += [_decade(date.year), _year(date.year), _month((date.year, date.month))]
+    out += [f"modality:{m}" for m in modalities if m]
+    return list(dict.fromkeys(out))
+
+
+def decade_of(study: dict[str, Any]) -> str | None:
+    date = study.get("study_date")
+    return f"{date.year // 10:03d}" if isinstance(date, datetime) else None
+
+
+def _groups(name: Any) -> list[str]:
+    if isinstance(name, str):
+        return [name] if name else []
+    return [g for g in name or [] if isinstance(g, str) and g]
+
+
+def _decade(year: int) -> str:
+    return f"date:{year // 10:03d}"
+
+
+def _year(year: int) -> str:
+    return f"date:{year:04d}"
+
+
+def _month(month: Month) -> str:
+    return f"date:{month[0]:04d}{month[1]:02d}"
+
+
+def name_entries(match: Match) -> list[str] | None:
+    """Entries holding every study a PatientName match can find; None if none can tell."""
+    out = []
+    for value in match.values:
+        text = normalise_name(value)
+        prefix = _literal_prefix(text) if match.kind is MatchKind.WILDCARD else text
+        if not prefix:
+            return None
+        out.append(f"name:{prefix[: NAME_PREFIXES[-1]]}")
+    return out
+
+
+def _literal_prefix(pattern: str) -> str:
+    for index, char in enumerate(pattern):
+        if char in "*?":
+            return pattern[:index]
+    return pattern
+
+
+def date_entries(match: Match, decades: Sequence[str]) -> list[str] | None:
+    """Entries covering a StudyDate match: single dates and lists by month, a range by the
+    fewest decades, years and months (bounded by the decades present)."""
+    if match.kind is not MatchKind.RANGE:
+        dates = [parse_date(value) for value in match.values]
+        if any(d is None for d in dates):
+            return None
+        return [_month((d.year, d.month)) for d in dates if d is not None]
+    low, high = (parse_date(v) if v else None for v in match.values)
+    if (match.values[0] and low is None) or (match.values[1] and high is None):
+        return None
+    if not decades:
+        return []
+    first, last = (int(decades[0]) * 10, 1), (int(decades[-1]) * 10 + 9, 12)
+    start = max(first, (low.year, low.month)) if low else first
+    end = min(last, (high.year, high.month)) if high else last
+    return _covering(start, end)
+
+
+def _covering(start: Month, end: Month) -> list[str]:
+    out = []
+    year, month = start
+    while (year, month) <= end:
+        if month == 1 and year % 10 == 0 and (year + 9, 12) <= end:
+            out.append(_decade(year))
+            year += 10
+        elif month == 1 and (year, 12) <= end:
+            out.append(_year(year))
+            year += 1
+        else:
+            out.append(_month((year, month)))
+            year, month = (year, month + 1) if month < 12 else (year + 1, 1)
+    return out
+
+
+class StudyIndex:
+    def __init__(self, entries: Any, locks: Locks) -> None:
+        self.entries = entries  # the study_lookup collection
+        self.locks = locks
+        self._rounds: GroupCommit[tuple[str, list[str], str | None], None] = GroupCommit(
+            self._enter_round
+        )
+
+    async def enter(self, study_uid: str, entry_ids: list[str], decade: str | None) -> None:
+        """Name the study in these entries (with the studies entered meanwhile: one round)."""
+        if entry_ids or decade:
+            await self._rounds.add("", (study_uid, entry_ids, decade))
+
+    async def _enter_round(self, _key: str, items: list[tuple[str, list[str], str | None]]) -> None:
+        by_entry: dict[str, list[str]] = {}
+        for study_uid, entry_ids, _decade in items:
+            for entry_id in entry_ids:
+                by_entry.setdefault(entry_id, []).append(study_uid)
+        updates = [
+            UpdateOne({"_id": key}, {"$addToSet": {"studies": {"$each": uids}}}, upsert=True)
+            for key, uids in by_entry.items()
+        ]
+        decades = sorted({decade for _, _, decade in items if decade})
+        if decades:
+            add = {"$addToSet": {"values": {"$each": decades}}}
+            updates.append(UpdateOne({"_id": DECADES_ID}, add, upsert=True))
+        async with self.locks.hold(LOCK_NAME):
+            await self.entries.bulk_write(updates, ordered=True)
+
+    async def candidates(self, matches: Sequence[Match]) -> set[str] | None:
+        """UIDs of the studies that may match all of `matches` (a superset: check them), or
+        None when no match can be answered from the entries."""
+        found: list[set[str]] = []
+        for match in matches:
+            uids = await self._match_candidates(match)
+            if uids is not None:
+                found.append(uids)
+        return set.intersection(*found) if found else None
+
+    async def _match_candidates(self, match: Match) -> set[str] | None:
+        exact = match.kind in (MatchKind.SINGLE, MatchKind.LIST)
+        if match.tag == t.STUDY_INSTANCE_UID and exact:
+            return set(match.values)
+        entry_ids: list[str] | None = None
+        if match.tag in EXACT_KEYS and exact:
+            entry_ids = [exact_id(EXACT_KEYS[match.tag], v) for v in match.values]
+        elif match.tag == t.MODALITIES_IN_STUDY and exact:
+            entry_ids = [f"modality:{v}" for v in match.values]
+        elif match.tag == t.PATIENT_NAME and match.kind is not MatchKind.RANGE:
+            entry_ids = name_entries(match)
+        elif match.tag == t.STUDY_DATE:
+            entry_ids = date_entries(match, await self._decades() if not exact else [])
+        if entry_ids is None:
+            return None
+        docs = await self._lookup(entry_ids)
+        return {uid for doc in docs for uid in doc.get("studies", [])}
+
+    async def _decades(self) -> list[str]:
+        docs = await self._lookup([DECADES_ID])
+        return sorted(docs[0].get("values", [])) if docs else []
+
+    async def _lookup(self, ids: Sequence[str]) -> list[dict[str, Any]]:
+        gate = asyncio.Semaphore(LOOKUPS_AT_ONCE)
+
+        async def one(key: str) -> dict[str, Any] | None:
+            async with gate:
+                doc: dict[str, Any] | None = await self.entries.find_one({"_id": key})
+                return doc
+
+        return [doc for doc in await asyncio.gather(*(one(k) for k in dict.fromkeys(ids))) if doc]
