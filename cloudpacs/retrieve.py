@@ -89,7 +89,7 @@ class RetrieveService:
         its primary key instead of a scan), then checked against the URL's study/series and
         the caller's projects (anything else is not found: existence is not revealed)."""
         fields = {**projection, "study": 1, "series": 1, "project": 1}
-        docs = await self.store.find("instances", {"_id": sop}, projection=fields, limit=1)
+        docs = await self.store.read_instances([sop], fields)
         if not docs:
             return None
         return docs[0] if scope.admits(docs[0]) else None

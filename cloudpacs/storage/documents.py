@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterable, Sequence
 from datetime import datetime
 from typing import Any
@@ -24,6 +25,21 @@ STUDY_KEYS = (
     "referring_physician",
 )
 SERIES_KEYS = ("modality", "series_number")
+# What an instance's read document carries beside its DICOM JSON (`meta_json`).
+READ_FIELDS = (
+    "study",
+    "series",
+    "project",
+    "sop_class",
+    "transfer_syntax",
+    "size",
+    "file_id",
+    "meta_file_id",
+    "series_number",
+    "instance_number",
+)
+# The version of the read documents a study has (`read_docs` in its rollup).
+READ_DOCS_VERSION = 1
 # What a study_search document holds (storage.schema.STUDY_SEARCH): what study searches
 # filter on (storage.filters.STUDY_KEYS), and the project.
 SEARCH_KEYS = ("project", *STUDY_KEYS, "modalities")
@@ -60,6 +76,13 @@ def instance_document(
         "bulk": {path: [ref.offset, ref.length] for path, ref in parsed.bulk.items()},
         "pixels": pixels,
     }
+
+
+def instance_read(doc: dict[str, Any]) -> dict[str, Any]:
+    """An instance's read document: what WADO-RS and listings need, with the DICOM JSON as
+    one string (FerretDB decodes one string much faster than the nested document)."""
+    meta = json.dumps(doc["meta"], ensure_ascii=False, separators=(",", ":"))
+    return {"_id": doc["_id"], **{k: doc[k] for k in READ_FIELDS if k in doc}, "meta_json": meta}
 
 
 def is_oversized(doc: dict[str, Any]) -> bool:
@@ -108,6 +131,7 @@ def study_upsert(docs: Sequence[dict[str, Any]], new_series: int, now: datetime)
             "project": first.get("project"),
             "meta": _subset(first["meta"], levels.STUDY_ATTRIBUTES),
             **{key: first.get(key) for key in STUDY_KEYS},
+            "read_docs": READ_DOCS_VERSION,
         },
         "$inc": {"instance_count": len(docs), "series_count": new_series},
         "$addToSet": add,

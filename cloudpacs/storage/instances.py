@@ -25,7 +25,7 @@ from typing import Any
 
 from bson import ObjectId
 from pymongo import ReturnDocument
-from pymongo.errors import DuplicateKeyError
+from pymongo.errors import BulkWriteError, DuplicateKeyError
 
 from cloudpacs.dicom.matching import Match
 from cloudpacs.storage import documents, evaluate, study_index
@@ -38,6 +38,7 @@ from cloudpacs.storage.locks import Locks
 from cloudpacs.storage.schema import (
     CHECKPOINTS,
     FILES_BUCKET,
+    INSTANCE_READS,
     INSTANCES,
     LOCKS,
     REJECTIONS,
@@ -54,6 +55,7 @@ from cloudpacs.storage.schema import (
 from cloudpacs.storage.study_index import StudyIndex
 
 UPSERT_RETRIES = 3
+DUPLICATE_KEY = 11000
 FILE_KEYS = ("file_id", "meta_file_id")  # the stored files an instance document names
 LOOKUPS_AT_ONCE = 16  # concurrent lookups by _id where a `$in` would scan (FerretDB)
 # Study index candidates are checked this many at a time, up to about this many in all
@@ -88,6 +90,7 @@ class InstanceStore:
         self.db = database.db
         self.blobs = files if files is not None else GridFSFiles(self.db, FILES_BUCKET)
         self.instances = self.db[INSTANCES]
+        self.reads = self.db[INSTANCE_READS]
         self.series = self.db[SERIES]
         self.studies = self.db[STUDIES]
         self.members = self.db[SERIES_MEMBERS]
@@ -187,8 +190,11 @@ class InstanceStore:
                 raise AlreadyStored(doc["_id"]) from exc
 
     async def replace(self, doc: dict[str, Any], expected_sha256: str) -> bool:
-        """Swap the stored instance for `doc` if it still has `expected_sha256`."""
+        """Swap the stored instance for `doc` if it still has `expected_sha256`. Its read
+        document goes first (reads fall back to the instance; the rebuild of its study's
+        rollups makes a new one)."""
         async with translate_errors():
+            await self.reads.delete_one({"_id": doc["_id"]})
             result = await self.instances.replace_one(
                 {"_id": doc["_id"], "sha256": expected_sha256}, doc
             )
@@ -214,6 +220,7 @@ class InstanceStore:
             for series_uid, members in by_series.items():
                 update_members = documents.members_upsert(members)
                 await self._upsert(self.members, series_uid, update_members, returning=False)
+            await self._insert_reads([documents.instance_read(doc) for doc in docs])
             had = set(before.get("modalities") or []) if before else set()
             added = update["$addToSet"].get("modalities", {}).get("$each", [])
             new_modalities = [m for m in added if m not in had]
@@ -228,6 +235,15 @@ class InstanceStore:
             # delete; the journal holds only files in flight, so its `$in` scan is short)
             file_ids = [doc[key] for doc in docs for key in FILE_KEYS if doc.get(key)]
             await self.uploads.delete_many({"_id": {"$in": file_ids}})
+
+    async def _insert_reads(self, reads: list[dict[str, Any]]) -> None:
+        """Insert read documents; one already there (a round retried) is left as it is."""
+        try:
+            await self.reads.insert_many(reads, ordered=False)
+        except BulkWriteError as exc:
+            errors = exc.details.get("writeErrors", [])
+            if any(error.get("code") != DUPLICATE_KEY for error in errors):
+                raise
 
     async def _upsert(
         self, collection: Any, key: str, update: dict[str, Any], *, returning: bool = True
@@ -256,8 +272,10 @@ class InstanceStore:
         """Rebuild a study's and its series' rollups from the instances (crash repair)."""
         now = utcnow()
         async with translate_errors(), self.locks.hold(f"rollup:{study_uid}"):
+            listed = await self._listed_ids(study_uid)
             series_uids = await self.instances.distinct("series", {"study": study_uid})
             study_total = 0
+            kept: set[str] = set()
             modalities: set[str] = set()
             sop_classes: set[str] = set()
             first: dict[str, Any] | None = None
@@ -270,12 +288,13 @@ class InstanceStore:
                         "series_number": 1,
                         "study": 1,
                         "series": 1,
-                        "sop_class": 1,
                         "project": 1,
-                        **{k: 1 for k in documents.STUDY_KEYS},
+                        **{k: 1 for k in (*documents.STUDY_KEYS, *documents.READ_FIELDS)},
                     },
                 )
                 docs = await cursor.to_list(None)
+                await self._replace_reads(docs)
+                kept |= {doc["_id"] for doc in docs}
                 study_total += len(docs)
                 modalities |= {d["modality"] for d in docs if d.get("modality")}
                 sop_classes |= {d["sop_class"] for d in docs}
@@ -293,6 +312,7 @@ class InstanceStore:
                 )
             for gone in (self.series, self.members):
                 await gone.delete_many({"study": study_uid, "_id": {"$nin": series_uids}})
+            await self._delete_reads(sorted(listed - kept))
             if first is None:
                 await self.studies.delete_one({"_id": study_uid})
                 await self.search.delete_one({"_id": study_uid})
@@ -318,12 +338,30 @@ class InstanceStore:
                 {"study": study_uid, "rollup_pending": True}, {"$unset": {"rollup_pending": ""}}
             )
 
+    async def _listed_ids(self, study_uid: str) -> set[str]:
+        """The SOP Instance UIDs the member lists of a study name (they have read docs)."""
+        series_uids = await self.series_of(study_uid) or []
+        lists = await self.by_ids(SERIES_MEMBERS, series_uids, {"instances": 1})
+        return {sop for found in lists for sop in found["instances"]}
+
+    async def _replace_reads(self, docs: Sequence[dict[str, Any]]) -> None:
+        for doc in docs:
+            read = documents.instance_read(doc)
+            await self.reads.replace_one({"_id": read["_id"]}, read, upsert=True)
+
+    async def _delete_reads(self, sop_uids: Sequence[str]) -> None:
+        """Delete read documents by _id, one by one (a `$in` scans on FerretDB)."""
+        for sop_uid in sop_uids:
+            await self.reads.delete_one({"_id": sop_uid})
+
     async def remove_instances(self, docs: Sequence[dict[str, Any]]) -> None:
         """Delete instances and their files. The files are journaled first (as if being
-        written), so that a crash half way leaves nothing the sweep cannot finish."""
+        written), so that a crash half way leaves nothing the sweep cannot finish; the read
+        documents go first, so that no read finds a file being deleted."""
         file_ids = [d[k] for d in docs for k in FILE_KEYS if d.get(k)]
         started = utcnow() - timedelta(days=3650)  # old at once: the sweep need not wait
         async with translate_errors():
+            await self._delete_reads([d["_id"] for d in docs])
             for file_id in file_ids:
                 await self.uploads.replace_one(
                     {"_id": file_id}, {"name": "deleting", "started_at": started}, upsert=True
@@ -469,7 +507,30 @@ class InstanceStore:
         ids = [sop for found in lists if found["study"] == study_uid for sop in found["instances"]]
         fields = {**projection, "study": 1, "series": 1, "project": 1}
         fields.update({key: 1 for key, _ in RETRIEVAL_ORDER})
-        return sorted(await self.by_ids(INSTANCES, ids, fields), key=retrieval_order)
+        return sorted(await self.read_instances(ids, fields), key=retrieval_order)
+
+    async def read_instances(
+        self, sop_uids: Sequence[str], projection: dict[str, Any]
+    ) -> list[dict[str, Any]]:
+        """Instances by SOP Instance UID, in that order, leaving out those that do not exist,
+        for reads: from their read documents, whose `meta_json` comes back as `meta`. Those
+        without one yet (their rollups are pending; archives from before read documents,
+        until a sweep rebuilds them) are read from `instances`."""
+        wanted = set(projection) - {"_id"}
+        if not wanted <= {*documents.READ_FIELDS, "meta"}:
+            return await self.by_ids(INSTANCES, sop_uids, projection)
+        fields = {key: 1 for key in wanted - {"meta"}}
+        if "meta" in wanted:
+            fields["meta_json"] = 1
+        found = {doc["_id"]: doc for doc in await self.by_ids(INSTANCE_READS, sop_uids, fields)}
+        missing = [sop for sop in sop_uids if sop not in found]
+        for doc in await self.by_ids(INSTANCES, missing, projection):
+            found[doc["_id"]] = doc
+        docs = [found[sop] for sop in sop_uids if sop in found]
+        for doc in docs:
+            if "meta_json" in doc:
+                doc["meta"] = json.loads(doc.pop("meta_json"))
+        return docs
 
     async def full_meta(self, doc: dict[str, Any]) -> dict[str, Any]:
         """The complete DICOM JSON of an instance (from the file store if too large inline)."""

@@ -26,6 +26,10 @@ SERIES = "series"
 STUDIES = "studies"
 # series UID -> the SOP Instance UIDs in it, so listing a series is a lookup by _id
 SERIES_MEMBERS = "series_members"
+# per instance, only what reads need (its file, its place, its DICOM JSON as one string):
+# FerretDB decodes a whole document to answer a lookup, and these cost a third of an
+# instance document (storage.documents.instance_read)
+INSTANCE_READS = "instance_reads"
 # the study index of the embedded database: "patient_id=<value>", "name:SMI", "date:202403",
 # "modality:CT", ... -> UIDs of the studies with it (storage.study_index)
 STUDY_LOOKUP = "study_lookup"
@@ -47,6 +51,7 @@ AUDIT = "audit"  # append-only access records (see storage.audit)
 # everything on its working collections, but only find and insert on the audit trail.
 APP_READ_WRITE = (
     INSTANCES,
+    INSTANCE_READS,
     SERIES,
     STUDIES,
     SERIES_MEMBERS,
@@ -115,6 +120,7 @@ STUDY_INDEXES = [
     IndexModel([("project", ASCENDING)]),
 ]
 SERIES_MEMBERS_INDEXES = [IndexModel([("study", ASCENDING)])]
+INSTANCE_READS_INDEXES = [IndexModel([("study", ASCENDING), ("series", ASCENDING)])]
 TOKEN_INDEXES = [IndexModel([("subject", ASCENDING)])]
 AUDIT_INDEXES = [
     IndexModel([("at", ASCENDING)]),
@@ -139,6 +145,7 @@ async def init_schema(database: Database) -> list[str]:
         notes.append(await _create_validated_instances(database))
         existing = set(await db.list_collection_names())
         for name in (
+            INSTANCE_READS,
             SERIES,
             STUDIES,
             SERIES_MEMBERS,
@@ -160,6 +167,7 @@ async def init_schema(database: Database) -> list[str]:
             (STUDIES, STUDY_INDEXES),
             (STUDY_SEARCH, STUDY_INDEXES),
             (SERIES_MEMBERS, SERIES_MEMBERS_INDEXES),
+            (INSTANCE_READS, INSTANCE_READS_INDEXES),
             (UPLOADS, UPLOAD_INDEXES),
             (REJECTIONS, REJECTION_INDEXES),
             (CHECKPOINTS, CHECKPOINT_INDEXES),

@@ -7,6 +7,7 @@ Shard keys, and why:
              retrieval and the rollup recount touch a single shard.
 - series, series_members  {study: "hashed"}  beside their study's instances, same reasoning.
 - studies, study_search  {_id: "hashed"}  keyed by the study UID.
+- instance_reads {_id: "hashed"}  read by SOP Instance UID alone: each lookup goes to one shard.
 - fs.chunks  {files_id: 1, n: 1} the key MongoDB documents for GridFS (and the only one that
              keeps GridFS's unique {files_id, n} index legal): all chunks of a file stay
              together and in order, so a stream or a frame read is one shard. cloudpacs
@@ -30,6 +31,7 @@ from cloudpacs.errors import InvalidRequest
 from cloudpacs.storage.database import Database, translate_errors
 from cloudpacs.storage.schema import (
     FILES_BUCKET,
+    INSTANCE_READS,
     INSTANCES,
     SERIES,
     SERIES_MEMBERS,
@@ -43,6 +45,7 @@ SHARD_KEYS: dict[str, dict[str, Any]] = {
     SERIES_MEMBERS: {"study": "hashed"},
     STUDIES: {"_id": "hashed"},
     STUDY_SEARCH: {"_id": "hashed"},
+    INSTANCE_READS: {"_id": "hashed"},
     f"{FILES_BUCKET}.files": {"_id": "hashed"},
     f"{FILES_BUCKET}.chunks": {"files_id": 1, "n": 1},
 }

@@ -66,12 +66,11 @@ async def sweep(store: InstanceStore, grace_seconds: float, full: bool = False) 
 
 
 async def _studies_without_lists(store: InstanceStore, already: set[str]) -> list[str]:
-    """A few studies stored before member lists existed (storage.instances.listed_instances),
-    given theirs by the rebuild: older archives gain them over a few sweeps, in the
-    background."""
-    docs = await store.find(
-        "studies", {"series_uids": {"$exists": False}}, projection={"_id": 1}, limit=LIST_BACKFILL
-    )
+    """A few studies stored before member lists or read documents existed
+    (storage.instances.listed_instances, read_instances), given theirs by the rebuild: older
+    archives gain them over a few sweeps, in the background."""
+    older = {"$or": [{"series_uids": {"$exists": False}}, {"read_docs": {"$exists": False}}]}
+    docs = await store.find("studies", older, projection={"_id": 1}, limit=LIST_BACKFILL)
     return [doc["_id"] for doc in docs if doc["_id"] not in already]
 
 

@@ -19,6 +19,7 @@ def test_sharding_commands_are_exactly_these() -> None:
         {"shardCollection": "archive.series_members", "key": {"study": "hashed"}},
         {"shardCollection": "archive.studies", "key": {"_id": "hashed"}},
         {"shardCollection": "archive.study_search", "key": {"_id": "hashed"}},
+        {"shardCollection": "archive.instance_reads", "key": {"_id": "hashed"}},
         {"shardCollection": "archive.fs.files", "key": {"_id": "hashed"}},
         {"shardCollection": "archive.fs.chunks", "key": {"files_id": 1, "n": 1}},
     ]
