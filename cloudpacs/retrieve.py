@@ -8,6 +8,8 @@ frame decode holds one instance (or one frame) in memory, in a worker thread.
 from __future__ import annotations
 
 import asyncio
+import json
+import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
@@ -17,6 +19,7 @@ from cloudpacs.dicom.jsonmodel import with_absolute_bulk_uris
 from cloudpacs.errors import InvalidRequest, NotAcceptable, NotFound
 from cloudpacs.search import Scope
 from cloudpacs.storage.instances import InstanceStore
+from cloudpacs.storage.kept_metadata import MAX_KEPT_CHARS, KeptMetadata
 
 AS_STORED = "*"
 PIXEL_DATA = "7FE00010"
@@ -152,17 +155,38 @@ class RetrieveService:
     async def _read(self, file_id: Any, offset: int, length: int) -> bytes:
         return b"".join([c async for c in self.store.read_range(file_id, offset, length)])
 
-    async def metadata(
-        self, scope: Scope, sop: str | None, base_url: str
-    ) -> AsyncIterator[dict[str, Any]]:
-        found = False
-        projection = {"meta": 1, "meta_file_id": 1, "study": 1, "series": 1}
+    async def metadata(self, scope: Scope, sop: str | None, base_url: str) -> AsyncIterator[str]:
+        """The DICOM JSON array of the instances in scope, in pieces of its text; NotFound
+        before the first piece. A series' text is kept for the next request
+        (storage.kept_metadata), which then costs one lookup."""
+        keeper, rev = self.store.kept_metadata, None
+        if sop is None and scope.series:
+            kept = await keeper.get(scope.series)
+            if kept is not None and scope.admits(kept.place()):
+                yield kept.render(base_url)
+                return
+            rev = await keeper.rev(scope.series)
+        placeholder = uuid.uuid4().hex  # stands for the base URL in the kept text
+        base = json.dumps(base_url, ensure_ascii=False)[1:-1]
+        texts: list[str] = []  # with the placeholder, while the series may be kept
+        size, project = 0, None
+        projection = {"meta": 1, "meta_file_id": 1, "study": 1, "series": 1, "project": 1}
         async for doc in self._matching(scope, sop, projection):
-            found = True
             meta = await self.store.full_meta(doc)
-            yield with_absolute_bulk_uris(meta, instance_url(base_url, doc))
-        if not found:
+            text = json.dumps(
+                with_absolute_bulk_uris(meta, instance_url(placeholder, doc)), ensure_ascii=False
+            )
+            yield ("," if size else "[") + text.replace(placeholder, base)
+            size += len(text) + 1
+            project = doc.get("project")
+            if rev is not None and size <= MAX_KEPT_CHARS:
+                texts.append(text)
+        if not size:
             raise NotFound("no such study, series or instance")
+        yield "]"
+        if rev is not None and size <= MAX_KEPT_CHARS and scope.study and scope.series:
+            parts = ("[" + ",".join(texts) + "]").split(placeholder)
+            await keeper.keep(KeptMetadata(scope.study, scope.series, project, parts), rev)
 
     async def _instance_doc(
         self, scope: Scope, sop: str, projection: dict[str, Any]

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from collections.abc import AsyncIterator
 
 from aiohttp import web
@@ -40,17 +39,16 @@ async def retrieve(request: web.Request) -> web.StreamResponse:
 
 async def metadata(request: web.Request) -> web.StreamResponse:
     negotiate_json(request.headers.get("Accept"))
-    items = services(request).retrieve.metadata(
+    pieces = services(request).retrieve.metadata(
         _scope(request), request.match_info.get("instance"), base_url(request)
     )
-    first = await anext(items)  # raises NotFound before the answer starts
+    first = await anext(pieces)  # raises NotFound before the answer starts
     response = web.StreamResponse(headers={"Content-Type": DICOM_JSON})
     await response.prepare(request)
     try:
-        await response.write(b"[" + json.dumps(first, ensure_ascii=False).encode())
-        async for item in items:
-            await response.write(b"," + json.dumps(item, ensure_ascii=False).encode())
-        await response.write(b"]")
+        await response.write(first.encode())
+        async for piece in pieces:
+            await response.write(piece.encode())
     except BaseException:
         abort_started(request)  # never let a cut-short array look complete
         raise

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import uuid
 from collections.abc import Iterable, Sequence
 from datetime import datetime
 from typing import Any
@@ -111,7 +112,9 @@ def series_upsert(docs: Sequence[dict[str, Any]], now: datetime) -> dict[str, An
             **{key: first.get(key) for key in SERIES_KEYS},
         },
         "$inc": {"instance_count": len(docs)},
-        "$set": {"updated_at": now},
+        # a new token at every change: storage.kept_metadata keeps a rendering of the series
+        # only if its `rev` did not change while it was made
+        "$set": {"updated_at": now, "rev": uuid.uuid4().hex},
     }
 
 

@@ -34,12 +34,14 @@ from cloudpacs.storage.file_stores import FileStore
 from cloudpacs.storage.files import GridFSFiles, new_file_id
 from cloudpacs.storage.group_commit import GroupCommit
 from cloudpacs.storage.insert_batches import InsertBatches
+from cloudpacs.storage.kept_metadata import SeriesMetadataKeeper
 from cloudpacs.storage.locks import Locks
 from cloudpacs.storage.schema import (
     CHECKPOINTS,
     FILES_BUCKET,
     INSTANCE_READS,
     INSTANCES,
+    KEPT_METADATA,
     LOCKS,
     REJECTIONS,
     SERIES,
@@ -100,6 +102,7 @@ class InstanceStore:
         # Rollup updates of a study are serialised across processes (see storage.locks).
         self.locks = Locks(self.db[LOCKS], utcnow)
         self.study_index = StudyIndex(self.lookup, self.locks)
+        self.kept_metadata = SeriesMetadataKeeper(self.db[KEPT_METADATA], self.series, self.locks)
         self._database = database
         self._ferretdb: bool | None = None  # learnt from the server on first use
         self._index_ready = False
@@ -211,16 +214,19 @@ class InstanceStore:
         for doc in docs:
             by_series.setdefault(doc["series"], []).append(doc)
         async with translate_errors(), self.locks.hold(f"rollup:{study_uid}"):
-            new_series = 0
-            for series_uid, members in by_series.items():
-                update = documents.series_upsert(members, now)
-                new_series += await self._upsert(self.series, series_uid, update) is None
-            update = documents.study_upsert(docs, new_series, now)
-            before = await self._upsert(self.studies, study_uid, update)
+            # lists and read documents first: a series' new `rev` (in its rollup) must come
+            # after every change a rendering of its metadata may read (storage.kept_metadata)
             for series_uid, members in by_series.items():
                 update_members = documents.members_upsert(members)
                 await self._upsert(self.members, series_uid, update_members, returning=False)
             await self._insert_reads([documents.instance_read(doc) for doc in docs])
+            new_series = 0
+            for series_uid, members in by_series.items():
+                update = documents.series_upsert(members, now)
+                new_series += await self._upsert(self.series, series_uid, update) is None
+            await self.kept_metadata.forget(list(by_series))
+            update = documents.study_upsert(docs, new_series, now)
+            before = await self._upsert(self.studies, study_uid, update)
             had = set(before.get("modalities") or []) if before else set()
             added = update["$addToSet"].get("modalities", {}).get("$each", [])
             new_modalities = [m for m in added if m not in had]
@@ -272,7 +278,7 @@ class InstanceStore:
         """Rebuild a study's and its series' rollups from the instances (crash repair)."""
         now = utcnow()
         async with translate_errors(), self.locks.hold(f"rollup:{study_uid}"):
-            listed = await self._listed_ids(study_uid)
+            listed_series, listed = await self._listed_ids(study_uid)
             series_uids = await self.instances.distinct("series", {"study": study_uid})
             study_total = 0
             kept: set[str] = set()
@@ -299,20 +305,25 @@ class InstanceStore:
                 modalities |= {d["modality"] for d in docs if d.get("modality")}
                 sop_classes |= {d["sop_class"] for d in docs}
                 first = first or docs[0]
-                series_doc = documents.series_upsert(docs, now)
-                await self.series.replace_one(
-                    {"_id": series_uid},
-                    {**series_doc["$setOnInsert"], "instance_count": len(docs), "updated_at": now},
-                    upsert=True,
-                )
                 await self.members.replace_one(
                     {"_id": series_uid},
                     {"study": study_uid, "instances": [d["_id"] for d in docs]},
                     upsert=True,
                 )
+                series_doc = documents.series_upsert(docs, now)
+                await self.series.replace_one(
+                    {"_id": series_uid},
+                    {
+                        **series_doc["$setOnInsert"],
+                        **series_doc["$set"],
+                        "instance_count": len(docs),
+                    },
+                    upsert=True,
+                )
+            await self._delete_reads(sorted(listed - kept))
             for gone in (self.series, self.members):
                 await gone.delete_many({"study": study_uid, "_id": {"$nin": series_uids}})
-            await self._delete_reads(sorted(listed - kept))
+            await self.kept_metadata.forget(sorted(set(series_uids) | set(listed_series)))
             if first is None:
                 await self.studies.delete_one({"_id": study_uid})
                 await self.search.delete_one({"_id": study_uid})
@@ -338,11 +349,12 @@ class InstanceStore:
                 {"study": study_uid, "rollup_pending": True}, {"$unset": {"rollup_pending": ""}}
             )
 
-    async def _listed_ids(self, study_uid: str) -> set[str]:
-        """The SOP Instance UIDs the member lists of a study name (they have read docs)."""
+    async def _listed_ids(self, study_uid: str) -> tuple[list[str], set[str]]:
+        """The series and SOP Instance UIDs the member lists of a study name (the latter
+        have read documents)."""
         series_uids = await self.series_of(study_uid) or []
         lists = await self.by_ids(SERIES_MEMBERS, series_uids, {"instances": 1})
-        return {sop for found in lists for sop in found["instances"]}
+        return series_uids, {sop for found in lists for sop in found["instances"]}
 
     async def _replace_reads(self, docs: Sequence[dict[str, Any]]) -> None:
         for doc in docs:

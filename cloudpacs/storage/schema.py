@@ -30,6 +30,7 @@ SERIES_MEMBERS = "series_members"
 # FerretDB decodes a whole document to answer a lookup, and these cost a third of an
 # instance document (storage.documents.instance_read)
 INSTANCE_READS = "instance_reads"
+KEPT_METADATA = "kept_metadata"  # series metadata kept rendered (storage.kept_metadata)
 # the study index of the embedded database: "patient_id=<value>", "name:SMI", "date:202403",
 # "modality:CT", ... -> UIDs of the studies with it (storage.study_index)
 STUDY_LOOKUP = "study_lookup"
@@ -52,6 +53,7 @@ AUDIT = "audit"  # append-only access records (see storage.audit)
 APP_READ_WRITE = (
     INSTANCES,
     INSTANCE_READS,
+    KEPT_METADATA,
     SERIES,
     STUDIES,
     SERIES_MEMBERS,
@@ -146,6 +148,7 @@ async def init_schema(database: Database) -> list[str]:
         existing = set(await db.list_collection_names())
         for name in (
             INSTANCE_READS,
+            KEPT_METADATA,
             SERIES,
             STUDIES,
             SERIES_MEMBERS,

@@ -244,7 +244,7 @@ JS
 # The application's collections (cloudpacs/storage/schema.py APP_READ_WRITE and
 # APP_APPEND_ONLY; tests/deploy check they agree): full use of its working collections, but
 # only find and insert on the audit trail, which it can therefore never change or delete.
-APP_COLLECTIONS=(instances instance_reads series studies series_members study_lookup study_search fs.files fs.chunks rejections
+APP_COLLECTIONS=(instances instance_reads kept_metadata series studies series_members study_lookup study_search fs.files fs.chunks rejections
   locks checkpoints uploads study_projects tokens)
 APP_APPEND_ONLY_COLLECTIONS=(audit)
 APP_ROLE=cloudpacsApp

@@ -6,6 +6,7 @@ kept exact by ingest, deletion and rebuilds, and queries fall back to scans with
 
 from __future__ import annotations
 
+import json
 import random
 from pathlib import Path
 from typing import Any
@@ -83,7 +84,8 @@ async def _reads(store: InstanceStore, study_uid: str, series_uid: str) -> dict[
         found = await search.search(level, parse_query([]), scope, BASE)
         return [item[tag]["Value"][0] for item in found]
 
-    metadata = [m["00080018"]["Value"][0] async for m in retrieve.metadata(scope, None, BASE)]
+    text = "".join([piece async for piece in retrieve.metadata(scope, None, BASE)])
+    metadata = [m["00080018"]["Value"][0] for m in json.loads(text)]
     parts = await retrieve.instances(Scope(study=study_uid, series=series_uid), None, "*", BASE)
     return {
         "series": await qido(Level.SERIES, scope),

@@ -37,8 +37,10 @@ async def _expected_reads(runtime: Runtime, study_uid: str) -> dict[str, dict[st
 
 
 async def _metadata(store: Any, study_uid: str) -> list[dict[str, Any]]:
-    service = RetrieveService(store)
-    return [m async for m in service.metadata(Scope(study_uid, projects=SCOPE_ALL), None, BASE)]
+    scope = Scope(study_uid, projects=SCOPE_ALL)
+    text = "".join([piece async for piece in RetrieveService(store).metadata(scope, None, BASE)])
+    found: list[dict[str, Any]] = json.loads(text)
+    return found
 
 
 async def test_read_documents_follow_ingest_overwrite_and_deletion(
