@@ -12,6 +12,7 @@ import json
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from cloudpacs.dicom import transcode
@@ -52,6 +53,7 @@ class Part:
     content_type: str
     body: AsyncIterator[bytes]
     location: str | None = None
+    path: Path | None = None  # the body is this whole local file (it may be sent by sendfile)
 
 
 def instance_url(base_url: str, doc: dict[str, Any]) -> str:
@@ -130,15 +132,16 @@ class RetrieveService:
     ) -> AsyncIterator[Part]:
         for doc in docs:
             stored = doc["transfer_syntax"]
+            path = None
             if transfer_syntax in (AS_STORED, stored):
                 body = self.store.stream_file(doc["file_id"])
                 out_ts = stored
+                path = self.store.local_path(doc["file_id"])
             else:
                 body = self._converted(doc["file_id"])
                 out_ts = transcode.EXPLICIT_LE
-            yield Part(
-                f"application/dicom; transfer-syntax={out_ts}", body, instance_url(base_url, doc)
-            )
+            content_type = f"application/dicom; transfer-syntax={out_ts}"
+            yield Part(content_type, body, instance_url(base_url, doc), path)
 
     async def _converted(self, file_id: Any) -> AsyncIterator[bytes]:
         data = await self._whole_file(file_id)

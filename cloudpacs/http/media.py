@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import os
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
@@ -9,7 +11,7 @@ from dataclasses import dataclass, field
 from aiohttp import web
 
 from cloudpacs.dicom.transcode import EXPLICIT_LE
-from cloudpacs.errors import NotAcceptable
+from cloudpacs.errors import NotAcceptable, NotFound
 from cloudpacs.retrieve import AS_STORED, Part
 
 DICOM_JSON = "application/dicom+json"
@@ -128,23 +130,26 @@ async def stream_multipart(
     request: web.Request, part_type: str, parts: AsyncIterator[Part]
 ) -> web.StreamResponse:
     """Write parts as they come. aiohttp's MultipartWriter wants sized payloads up front, so
-    the (simple, RFC 2046) framing is written here to stream each part from GridFS.
+    the (simple, RFC 2046) framing is written here to stream each part from the file store.
+    Parts that are all whole local files are handed to the kernel instead (sendfile).
 
     The first chunk is read before the answer starts, so an error there (a missing file, an
     undecodable instance) still gets its own status. Once the answer has started, a failure
     can only be reported by cutting the connection: the client sees an incomplete body,
     never a truncated one that looks whole."""
     boundary = uuid.uuid4().hex
-    response = web.StreamResponse(
-        headers={"Content-Type": f'multipart/related; type="{part_type}"; boundary={boundary}'}
-    )
-    first = await anext(parts, None)
+    content_type = f'multipart/related; type="{part_type}"; boundary={boundary}'
+    listed = [part async for part in parts]  # bodies are not read yet
+    if listed and all(part.path is not None for part in listed):
+        return await _send_files(request, content_type, boundary, listed)
+    response = web.StreamResponse(headers={"Content-Type": content_type})
+    first = listed[0] if listed else None
     first_chunk = await anext(first.body, b"") if first is not None else b""
     await response.prepare(request)
     try:
         if first is not None:
             await _write_part(response, boundary, first, first_chunk)
-        async for part in parts:
+        for part in listed[1:]:
             await _write_part(response, boundary, part, b"")
         await response.write(f"--{boundary}--\r\n".encode())
     except BaseException:
@@ -154,16 +159,56 @@ async def stream_multipart(
     return response
 
 
-async def _write_part(
-    response: web.StreamResponse, boundary: str, part: Part, first_chunk: bytes
-) -> None:
+def _part_head(boundary: str, part: Part) -> bytes:
     header = f"--{boundary}\r\nContent-Type: {part.content_type}\r\n"
     if part.location:
         header += f"Content-Location: {part.location}\r\n"
-    await response.write((header + "\r\n").encode() + first_chunk)
+    return (header + "\r\n").encode()
+
+
+async def _write_part(
+    response: web.StreamResponse, boundary: str, part: Part, first_chunk: bytes
+) -> None:
+    await response.write(_part_head(boundary, part) + first_chunk)
     async for chunk in part.body:
         await response.write(chunk)
     await response.write(b"\r\n")
+
+
+async def _send_files(
+    request: web.Request, content_type: str, boundary: str, parts: list[Part]
+) -> web.StreamResponse:
+    """Whole local files as parts, with a Content-Length, each sent by the kernel."""
+    paths = [part.path for part in parts if part.path is not None]
+    try:
+        sizes = await asyncio.to_thread(lambda: [os.stat(path).st_size for path in paths])
+    except FileNotFoundError:
+        raise NotFound("stored file is missing") from None
+    heads = [_part_head(boundary, part) for part in parts]
+    tail = f"--{boundary}--\r\n".encode()
+    response = web.StreamResponse(headers={"Content-Type": content_type})
+    response.content_length = sum(map(len, heads)) + sum(sizes) + 2 * len(parts) + len(tail)
+    await response.prepare(request)
+    loop = asyncio.get_running_loop()
+    try:
+        for head, path, size in zip(heads, paths, sizes, strict=True):
+            await response.write(head)
+            source = await asyncio.to_thread(path.open, "rb")
+            try:
+                transport = request.transport
+                if transport is None:
+                    raise ConnectionResetError("connection lost")
+                if await loop.sendfile(transport, source, 0, size) != size:
+                    raise OSError(f"stored file {path.name} changed size while sent")
+            finally:
+                source.close()
+            await response.write(b"\r\n")
+        await response.write(tail)
+    except BaseException:
+        abort_started(request)
+        raise
+    await response.write_eof()
+    return response
 
 
 def abort_started(request: web.Request) -> None:

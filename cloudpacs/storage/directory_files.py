@@ -47,6 +47,9 @@ class DirectoryFiles:
         if not await asyncio.to_thread((self.root / MARKER_NAME).is_file):
             raise Unavailable(f"file directory {self.root} is not available")
 
+    def local_path(self, file_id: Any) -> Path | None:
+        return self.path(file_id)
+
     def path(self, file_id: Any) -> Path:
         name = str(file_id)
         return self.root / name[0:2] / name[2:4] / name

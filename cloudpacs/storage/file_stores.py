@@ -54,6 +54,11 @@ class FileStore(Protocol):
 
     async def check(self) -> None: ...
 
+    def local_path(self, file_id: Any) -> Path | None:
+        """Where the file lies on this machine's file system, if it is a plain file there
+        (the HTTP layer then hands it to the kernel: sendfile)."""
+        ...
+
 
 async def open_file_store(database: Database, settings: Settings) -> FileStore:
     """The archive's file store, chosen (and recorded) on first use; ConfigError when the

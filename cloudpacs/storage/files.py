@@ -144,6 +144,9 @@ class GridFSFiles:
     async def check(self) -> None:
         """Nothing beyond the database, which /readyz pings anyway."""
 
+    def local_path(self, file_id: Any) -> Path | None:
+        return None  # in the database
+
     async def completed_before(self, before: datetime) -> list[Any]:
         """Ids of the files completed before `before` (the full sweep's candidates)."""
         files = self.files.find({"uploadDate": {"$lt": before}}, {"_id": 1})

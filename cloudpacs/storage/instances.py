@@ -558,6 +558,10 @@ class InstanceStore:
         """Unavailable if the stored files cannot be reached (storage.file_stores)."""
         await self.blobs.check()
 
+    def local_path(self, file_id: Any) -> Path | None:
+        """The stored file as a plain local file, if the file store keeps it so."""
+        return self.blobs.local_path(file_id)
+
     async def stream_file(self, file_id: Any) -> AsyncIterator[bytes]:
         async with translate_errors():
             async for chunk in self.blobs.read(file_id):

@@ -236,3 +236,37 @@ async def test_readiness_fails_while_the_directory_is_gone(
     assert "file directory" in (await answer.json())["reason"]
     root.with_name("unmounted").rename(root)
     assert (await client.get("/readyz")).status == 200
+
+
+@DIRECTORY
+async def test_plain_files_are_sent_whole_with_their_length(
+    runtime: Runtime, client: Any, tmp_path: Path
+) -> None:
+    """As stored, instances of the directory store go out by sendfile, with a
+    Content-Length; a file that disappeared is a 404 before the answer starts."""
+    first = write_instance(tmp_path / "1.dcm", instance_number=1, rows=64, columns=64)
+    place = {"study_uid": first.study_uid, "series_uid": first.series_uid}
+    for n in (2, 3):
+        write_instance(tmp_path / f"{n}.dcm", instance_number=n, rows=64, columns=64, **place)
+    paths = [tmp_path / f"{n}.dcm" for n in (1, 2, 3)]
+    for path in paths:
+        assert (await runtime.ingestor.ingest(path, Source("test"))).outcome is Outcome.STORED
+    accept = {"Accept": 'multipart/related; type="application/dicom"; transfer-syntax=*'}
+    series_url = f"/dicomweb/studies/{first.study_uid}/series/{first.series_uid}"
+    instance_url = f"{series_url}/instances/{first.sop_uid}"
+    for url, expected in ((instance_url, paths[:1]), (series_url, paths)):
+        response = await client.get(url, headers=accept)
+        body = await response.read()
+        assert response.status == 200
+        assert response.headers["Content-Length"] == str(len(body))
+        boundary = response.headers["Content-Type"].split("boundary=")[1].encode()
+        chunks = body.split(b"--" + boundary)
+        assert chunks[0] == b"" and chunks[-1] == b"--\r\n"
+        sent = [chunk.split(b"\r\n\r\n", 1)[1][:-2] for chunk in chunks[1:-1]]
+        assert sent == [path.read_bytes() for path in expected]
+
+    doc = await runtime.database.db.instances.find_one({"_id": first.sop_uid})
+    assert doc is not None
+    assert isinstance(runtime.store.blobs, DirectoryFiles)
+    runtime.store.blobs.path(doc["file_id"]).unlink()
+    assert (await client.get(instance_url, headers=accept)).status == 404
