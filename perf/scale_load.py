@@ -111,8 +111,9 @@ class DirectLoader:
             copies = await scratch[name].find({}).to_list(None)
             if name == STUDY_LOOKUP:  # entries are shared by many studies: entered under a lock
                 entries = [entry["_id"] for entry in copies if "studies" in entry]
-                decades = [v for entry in copies for v in entry.get("values", [])]
-                await self.index.enter(study, entries, decades[0] if decades else None)
+                decades = [v for entry in copies for v in entry.get("decades", [])]
+                decade = decades[0] if decades else None
+                await self.index.enter(study, entries, decade, new=True)
             elif copies:
                 await self.main.db[name].insert_many(copies, ordered=False)
 

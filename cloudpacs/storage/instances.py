@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import time
 from collections.abc import AsyncIterator, Sequence
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -64,6 +65,10 @@ LOOKUPS_AT_ONCE = 16  # concurrent lookups by _id where a `$in` would scan (Ferr
 # (beyond, one scan of the search documents costs less than the lookups: perf/RESULTS.md).
 CHECKS_AT_ONCE = 64
 MAX_CHECKS = 3000
+# Checking one candidate (a study rollup by _id) costs FerretDB about as much as scanning this
+# many search documents (perf/RESULTS.md): below that, a scan is cheaper than the index.
+SCANS_PER_CHECK = 8
+STATS_SECONDS = 5.0
 
 
 log = logging.getLogger(__name__)
@@ -106,6 +111,8 @@ class InstanceStore:
         self._database = database
         self._ferretdb: bool | None = None  # learnt from the server on first use
         self._index_ready = False
+        self._entered: int | None = None
+        self._entered_at: float | None = None
         self._search_ready = False
         # the new instances of a study arriving meanwhile are counted in together
         self._rollups: GroupCommit[dict[str, Any], None] = GroupCommit(self._apply_rollups)
@@ -231,7 +238,7 @@ class InstanceStore:
             added = update["$addToSet"].get("modalities", {}).get("$each", [])
             new_modalities = [m for m in added if m not in had]
             if before is None:
-                await self._enter_in_index(docs[0], added)
+                await self._enter_in_index(docs[0], added, new=True)
             elif new_modalities:
                 await self._enter_in_index({"study": study_uid}, new_modalities)
             if before is None or new_modalities:
@@ -268,11 +275,14 @@ class InstanceStore:
                     raise
         return None
 
-    async def _enter_in_index(self, doc: dict[str, Any], modalities: Sequence[str]) -> None:
+    async def _enter_in_index(
+        self, doc: dict[str, Any], modalities: Sequence[str], new: bool = False
+    ) -> None:
         """Name a study (from its first instance) in the study index; only on FerretDB."""
         if await self._in_scans():
             entries = study_index.entries_of(doc, modalities)
-            await self.study_index.enter(doc["study"], entries, study_index.decade_of(doc))
+            decade = study_index.decade_of(doc)
+            await self.study_index.enter(doc["study"], entries, decade, new)
 
     async def recompute_rollups(self, study_uid: str) -> None:
         """Rebuild a study's and its series' rollups from the instances (crash repair)."""
@@ -450,30 +460,42 @@ class InstanceStore:
     async def indexed_studies(
         self, matches: Sequence[Match], query: dict[str, Any], skip: int, limit: int
     ) -> list[dict[str, Any]] | None:
-        """The study rollups matching `query` (on the search keys: documents.SEARCH_KEYS), in
-        UID order, found through the study index (storage.study_index) with lookups by `_id`
-        only. None where the index cannot answer: on MongoDB (its indexes do), before the
+        """The study rollups matching `query` (on the study keys and the project), in UID
+        order, found through the study index (storage.study_index) with lookups by `_id`
+        only. None where a scan serves better: on MongoDB (its indexes answer), before the
         index is built, when no match can be looked up, or when checking the candidates
-        would cost more than a scan."""
+        would cost more than scanning the search documents."""
         if not await self._in_scans() or not await self._index_built():
             return None
         candidates = await self.study_index.candidates(matches)
         if candidates is None:
             return None
-        ordered, wanted, found = sorted(candidates), skip + limit, []
-        for start in range(0, len(ordered), CHECKS_AT_ONCE):
-            docs = await self.by_ids(STUDY_SEARCH, ordered[start : start + CHECKS_AT_ONCE])
+        ordered, wanted = sorted(candidates), skip + limit
+        entered = await self._studies_entered()
+        if entered is not None and min(len(ordered), wanted) * SCANS_PER_CHECK > entered:
+            return None
+        found: list[dict[str, Any]] = []
+        checked = 0
+        while checked < len(ordered) and len(found) < wanted:
+            batch = min(CHECKS_AT_ONCE, max(LOOKUPS_AT_ONCE, wanted - len(found)))
+            docs = await self.by_ids(STUDIES, ordered[checked : checked + batch])
+            checked += batch
             try:
-                found += [doc["_id"] for doc in docs if evaluate.matches(doc, query)]
+                found += [doc for doc in docs if evaluate.matches(doc, query)]
             except evaluate.Unsupported:
                 return None
-            if len(found) >= wanted:
-                break
-            checked = start + CHECKS_AT_ONCE
             expected = checked + (wanted - len(found)) * checked / max(len(found), 1)
-            if min(expected, len(ordered)) > MAX_CHECKS:
+            if len(found) < wanted and min(expected, len(ordered)) > MAX_CHECKS:
                 return None
-        return await self.by_ids(STUDIES, found[skip:wanted])
+        return found[skip:wanted]
+
+    async def _studies_entered(self) -> int | None:
+        """The number of studies in the index, read at most every few seconds (for plans)."""
+        now = time.monotonic()
+        if self._entered_at is None or now - self._entered_at > STATS_SECONDS:
+            self._entered = await self.study_index.studies_entered()
+            self._entered_at = now
+        return self._entered
 
     async def _index_built(self) -> bool:
         if not self._index_ready:

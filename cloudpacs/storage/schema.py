@@ -199,7 +199,8 @@ async def _fill_study_index(db: Any) -> list[str]:
     pending: list[Any] = []
     async for study in db[STUDIES].find({}, {**fields, "modalities": 1}):
         entries = study_index.entries_of(study, study.get("modalities") or [])
-        pending.append(index.enter(study["_id"], entries, study_index.decade_of(study)))
+        decade = study_index.decade_of(study)
+        pending.append(index.enter(study["_id"], entries, decade, new=True))
         count += 1
         if len(pending) >= FILL_BATCH:  # entered together, in one round
             await asyncio.gather(*pending)

@@ -9,7 +9,8 @@ entries of `study_lookup` by `_id` and check only the studies those name:
                                                 PatientName group (upper-cased)
   date:<YYY> / date:<YYYY> / date:<YYYYMM>      decade, year and month of StudyDate
   modality:<m>                                  each modality in the study
-  study_date:decades  (field `values`)          the decades present, bounding open ranges
+  study_index:stats                             `decades` present (bounding open date
+                                                ranges) and `studies` entered (for plans)
 
 An entry is only ever added to (a study whose keys change keeps its old entries), so it may
 name studies that no longer match: callers check every candidate (storage.evaluate). FerretDB
@@ -23,6 +24,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
@@ -35,11 +37,19 @@ from cloudpacs.storage.group_commit import GroupCommit
 from cloudpacs.storage.locks import Locks
 
 NAME_PREFIXES = (1, 2, 3)
-DECADES_ID = "study_date:decades"
+STATS_ID = "study_index:stats"
 LOCK_NAME = "study-index"
 LOOKUPS_AT_ONCE = 16
 EXACT_KEYS = {t.PATIENT_ID: "patient_id", t.ACCESSION_NUMBER: "accession"}
 Month = tuple[int, int]
+
+
+@dataclass(frozen=True)
+class Entering:
+    study_uid: str
+    entry_ids: list[str]
+    decade: str | None
+    new: bool
 
 
 def exact_id(key: str, value: Any) -> str:
@@ -139,30 +149,37 @@ class StudyIndex:
     def __init__(self, entries: Any, locks: Locks) -> None:
         self.entries = entries  # the study_lookup collection
         self.locks = locks
-        self._rounds: GroupCommit[tuple[str, list[str], str | None], None] = GroupCommit(
-            self._enter_round
-        )
+        self._rounds: GroupCommit[Entering, None] = GroupCommit(self._enter_round)
 
-    async def enter(self, study_uid: str, entry_ids: list[str], decade: str | None) -> None:
-        """Name the study in these entries (with the studies entered meanwhile: one round)."""
-        if entry_ids or decade:
-            await self._rounds.add("", (study_uid, entry_ids, decade))
+    async def enter(
+        self, study_uid: str, entry_ids: list[str], decade: str | None, new: bool = False
+    ) -> None:
+        """Name the study in these entries (with the studies entered meanwhile: one round);
+        `new`: it was not entered before (counted in the stats)."""
+        if entry_ids or decade or new:
+            await self._rounds.add("", Entering(study_uid, entry_ids, decade, new))
 
-    async def _enter_round(self, _key: str, items: list[tuple[str, list[str], str | None]]) -> None:
+    async def _enter_round(self, _key: str, items: list[Entering]) -> None:
         by_entry: dict[str, list[str]] = {}
-        for study_uid, entry_ids, _decade in items:
-            for entry_id in entry_ids:
-                by_entry.setdefault(entry_id, []).append(study_uid)
+        for item in items:
+            for entry_id in item.entry_ids:
+                by_entry.setdefault(entry_id, []).append(item.study_uid)
         updates = [
             UpdateOne({"_id": key}, {"$addToSet": {"studies": {"$each": uids}}}, upsert=True)
             for key, uids in by_entry.items()
         ]
-        decades = sorted({decade for _, _, decade in items if decade})
+        decades = sorted({item.decade for item in items if item.decade})
+        stats: dict[str, Any] = {"$inc": {"studies": sum(item.new for item in items)}}
         if decades:
-            add = {"$addToSet": {"values": {"$each": decades}}}
-            updates.append(UpdateOne({"_id": DECADES_ID}, add, upsert=True))
+            stats["$addToSet"] = {"decades": {"$each": decades}}
+        updates.append(UpdateOne({"_id": STATS_ID}, stats, upsert=True))
         async with self.locks.hold(LOCK_NAME):
             await self.entries.bulk_write(updates, ordered=True)
+
+    async def studies_entered(self) -> int | None:
+        """How many studies were entered (deleted ones included): what a scan would read."""
+        docs = await self._lookup([STATS_ID])
+        return int(docs[0].get("studies", 0)) if docs else None
 
     async def candidates(self, matches: Sequence[Match]) -> set[str] | None:
         """UIDs of the studies that may match all of `matches` (a superset: check them), or
@@ -193,8 +210,8 @@ class StudyIndex:
         return {uid for doc in docs for uid in doc.get("studies", [])}
 
     async def _decades(self) -> list[str]:
-        docs = await self._lookup([DECADES_ID])
-        return sorted(docs[0].get("values", [])) if docs else []
+        docs = await self._lookup([STATS_ID])
+        return sorted(docs[0].get("decades", [])) if docs else []
 
     async def _lookup(self, ids: Sequence[str]) -> list[dict[str, Any]]:
         gate = asyncio.Semaphore(LOOKUPS_AT_ONCE)

@@ -141,7 +141,9 @@ async def _study_search(store: InstanceStore, params: list[tuple[str, str]]) -> 
     return [item["0020000D"]["Value"][0] for item in found]
 
 
-async def test_exact_study_searches_use_the_study_lookup(runtime: Runtime, tmp_path: Path) -> None:
+async def test_exact_study_searches_use_the_study_lookup(
+    runtime: Runtime, tmp_path: Path, index_always: None
+) -> None:
     first = await _store_study(runtime, tmp_path / "a", patient_id="LOOK1", accession="A1")
     second = await _store_study(runtime, tmp_path / "b", patient_id="LOOK1", accession="A2")
     other = await _store_study(runtime, tmp_path / "c", patient_id="LOOK2", accession="A3")
@@ -172,7 +174,7 @@ async def test_exact_study_searches_use_the_study_lookup(runtime: Runtime, tmp_p
 
 
 async def test_archives_from_before_the_lookup_get_it_built_once(
-    runtime: Runtime, tmp_path: Path
+    runtime: Runtime, tmp_path: Path, index_always: None
 ) -> None:
     specs = await _store_study(runtime, tmp_path, patient_id="OLD1")
     db = runtime.database.db

@@ -140,13 +140,13 @@ def by_id_only(finds: list[tuple[str, dict[str, Any]]]) -> bool:
 
 
 async def test_indexed_searches_use_ids_only_and_agree_with_scans(
-    runtime: Runtime, tmp_path: Path
+    runtime: Runtime, tmp_path: Path, index_always: None
 ) -> None:
     await _archive(runtime, tmp_path)
     async with listened_store(runtime) as (indexed, listener):
         answers = [await search(indexed, params) for params in QUERIES]
         assert by_id_only(listener.finds), [f for f in listener.finds if list(f[1]) != ["_id"]]
-        assert "study_search" in {coll for coll, _ in listener.finds}  # candidates checked
+        assert "study_lookup" in {coll for coll, _ in listener.finds}  # entries read
         unindexed = [await search(indexed, params) for params in NOT_INDEXED]
 
     await runtime.database.db.checkpoints.delete_one({"_id": READY})
@@ -158,13 +158,29 @@ async def test_indexed_searches_use_ids_only_and_agree_with_scans(
     assert answers[16] == answers[17] == []
 
 
-async def test_stale_entries_never_leak_a_study(runtime: Runtime, tmp_path: Path) -> None:
+async def test_small_archives_are_scanned_unless_the_index_names_few_studies(
+    runtime: Runtime, tmp_path: Path
+) -> None:
+    await _archive(runtime, tmp_path)  # 24 studies
+    async with listened_store(runtime) as (store_, listener):
+        assert len(await search(store_, [("ModalitiesInStudy", "MR")])) > 3
+        assert "study_search" in {coll for coll, query in listener.finds if list(query) != ["_id"]}
+        listener.finds.clear()
+        assert len(await search(store_, [("PatientID", "P1"), ("AccessionNumber", "A1")])) == 2
+        assert await search(store_, [("PatientName", "NOBODY*")]) == []
+        assert by_id_only(listener.finds)
+
+
+async def test_stale_entries_never_leak_a_study(
+    runtime: Runtime, tmp_path: Path, index_always: None
+) -> None:
     first = await store(runtime, tmp_path / "a.dcm", patient_name="Smith^Ann", patient_id="P7")
     other = await store(runtime, tmp_path / "b.dcm", patient_name="Smith^Bo", patient_id="P8")
     db = runtime.database.db
-    await db.study_search.update_one(  # the keys changed; the old entries stay
-        {"_id": first.study_uid}, {"$set": {"patient_name": ["JONES^CY"], "patient_id": "P9"}}
-    )
+    for rollup in (db.studies, db.study_search):  # the keys changed; the old entries stay
+        await rollup.update_one(
+            {"_id": first.study_uid}, {"$set": {"patient_name": ["JONES^CY"], "patient_id": "P9"}}
+        )
     async with listened_store(runtime) as (indexed, _):
         assert await search(indexed, [("PatientName", "SMI*")]) == [other.study_uid]
         assert await search(indexed, [("PatientID", "P7")]) == []
@@ -176,7 +192,7 @@ async def test_stale_entries_never_leak_a_study(runtime: Runtime, tmp_path: Path
 
 
 async def test_concurrent_new_studies_all_enter_the_shared_entries(
-    runtime: Runtime, tmp_path: Path
+    runtime: Runtime, tmp_path: Path, index_always: None
 ) -> None:
     specs = [
         write_instance(tmp_path / f"{n}.dcm", patient_name=f"Many^{n}", modality="US")
@@ -188,13 +204,15 @@ async def test_concurrent_new_studies_all_enter_the_shared_entries(
     assert {r.outcome for r in results} == {Outcome.STORED}
     entry = await runtime.database.db.study_lookup.find_one({"_id": "modality:US"})
     assert entry is not None and sorted(entry["studies"]) == sorted(s.study_uid for s in specs)
+    stats = await runtime.database.db.study_lookup.find_one({"_id": "study_index:stats"})
+    assert stats is not None and stats["studies"] == 20 and stats["decades"] == ["202"]
     async with listened_store(runtime) as (indexed, listener):
         assert len(await search(indexed, [("PatientName", "MAN*")])) == 20
         assert by_id_only(listener.finds)
 
 
 async def test_archives_from_before_the_index_get_it_built_once(
-    runtime: Runtime, tmp_path: Path
+    runtime: Runtime, tmp_path: Path, index_always: None
 ) -> None:
     old = await store(runtime, tmp_path / "a.dcm", patient_name="Old^One", modality="MR")
     db = runtime.database.db
