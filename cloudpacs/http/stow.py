@@ -44,7 +44,11 @@ FAILURE_DUPLICATE_CONFLICT = 0x0111
 FAILURE_WRONG_STUDY = 0xA900
 FAILURE_NOT_DICOM_PART = 0xC000
 TOO_LARGE = "request body is over the upload limit (max_upload_bytes)"
-FAILURE_CODES = {"conflict": FAILURE_DUPLICATE_CONFLICT, "wrong-study": FAILURE_WRONG_STUDY}
+FAILURE_CODES = {
+    "conflict": FAILURE_DUPLICATE_CONFLICT,
+    "uid-in-use": FAILURE_DUPLICATE_CONFLICT,  # the UID duplicates one held elsewhere
+    "wrong-study": FAILURE_WRONG_STUDY,
+}
 
 
 @dataclass(frozen=True)

@@ -167,7 +167,14 @@ class InstanceStore:
         async with translate_errors():
             doc: dict[str, Any] | None = await self.instances.find_one(
                 {"_id": sop_uid},
-                {"sha256": 1, "file_id": 1, "meta_file_id": 1, "study": 1, "series": 1},
+                {
+                    "sha256": 1,
+                    "file_id": 1,
+                    "meta_file_id": 1,
+                    "study": 1,
+                    "series": 1,
+                    "project": 1,
+                },
             )
         return doc
 
@@ -179,11 +186,16 @@ class InstanceStore:
                 raise AlreadyStored(doc["_id"]) from exc
 
     async def replace(self, doc: dict[str, Any], expected_sha256: str) -> bool:
-        """Swap the stored instance for `doc` if it still has `expected_sha256`."""
+        """Swap the stored instance for `doc` if it still has `expected_sha256` and is in
+        the same study and project (an overwrite never moves an instance elsewhere)."""
+        query = {
+            "_id": doc["_id"],
+            "sha256": expected_sha256,
+            "study": doc["study"],
+            "project": doc["project"],
+        }
         async with translate_errors():
-            result = await self.instances.replace_one(
-                {"_id": doc["_id"], "sha256": expected_sha256}, doc
-            )
+            result = await self.instances.replace_one(query, doc)
         return result.matched_count == 1
 
     async def apply_rollups(self, doc: dict[str, Any]) -> None:
