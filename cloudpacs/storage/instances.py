@@ -163,6 +163,11 @@ class InstanceStore:
                     doc = await claims.find_one({"_id": study_uid})
         return str(doc["project"]) if doc else project
 
+    async def study_projects(self, study_uids: Sequence[str]) -> dict[str, str]:
+        """The project of each of these studies that exists (its claim)."""
+        claims = await self.by_ids(STUDY_PROJECTS, list(study_uids), {"project": 1})
+        return {doc["_id"]: str(doc["project"]) for doc in claims}
+
     async def existing(self, sop_uid: str) -> dict[str, Any] | None:
         async with translate_errors():
             doc: dict[str, Any] | None = await self.instances.find_one(
