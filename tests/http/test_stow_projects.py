@@ -5,6 +5,7 @@ with a clear 400/401, never stored."""
 
 from __future__ import annotations
 
+import asyncio
 from collections import Counter
 from typing import Any
 
@@ -204,3 +205,33 @@ async def test_a_stored_token_with_a_bad_default_project_stores_nothing(
     assert await runtime.database.db["instances"].count_documents({"project": {"$type": 4}}) == 0
     assert await runtime.database.db["instances"].find_one({"_id": spec.sop_uid}) is None
     assert Counter(r["status"] for r in await audit_records(runtime, action="store")) == {401: 1}
+
+
+async def test_two_projects_stowing_one_new_study_at_once_one_wins(
+    client: Any, archive: Archive, runtime: Runtime
+) -> None:
+    study = Spec().study_uid
+    senders = [
+        ("/dicomweb/projects/alpha/studies", archive.headers["alpha-admin"]),
+        ("/dicomweb/studies", archive.headers["wrong-project"]),  # beta, its default
+    ] * 4
+    specs = [Spec(study_uid=study, instance_number=n) for n in range(len(senders))]
+    answers = await asyncio.gather(
+        *(
+            stow(client, url, headers, spec)
+            for (url, headers), spec in zip(senders, specs, strict=True)
+        )
+    )
+    db = runtime.database.db
+    claim = await db["study_projects"].find_one({"_id": study})
+    assert claim is not None
+    winner = claim["project"]
+    for (url, _), spec, (status, answer) in zip(senders, specs, answers, strict=True):
+        mine = ("alpha" if "/alpha/" in url else "beta") == winner
+        assert status == (200 if mine else 409), (url, answer)
+        doc = await db["instances"].find_one({"_id": spec.sop_uid})
+        assert (doc is not None) == mine
+    assert await db["instances"].distinct("project", {"study": study}) == [winner]
+    rollup = await db["studies"].find_one({"_id": study})
+    assert rollup is not None and (rollup["project"], rollup["instance_count"]) == (winner, 4)
+    assert await db["uploads"].count_documents({}) == 0
