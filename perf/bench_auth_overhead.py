@@ -24,6 +24,7 @@ import asyncio
 import json
 import os
 import statistics
+import subprocess
 import sys
 import time
 import urllib.request
@@ -31,7 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from bench_context import DICOM_ACCEPT, JSON_ACCEPT
-from bench_security import cpu_ms_per, create_token, stow
+from bench_security import cpu_ms_per, stow
 from benchlib import (
     OUT,
     REPO,
@@ -72,6 +73,20 @@ def serve(home: Path, uri: str, database: str, env: dict[str, str]) -> Server:
     argv += ["--http", f"127.0.0.1:{port}"]
     env = {"CLOUDPACS_MONGO_URI": uri, "CLOUDPACS_DATABASE": database, **env}
     return when_ready(spawn("cloudpacs", argv, port, home / "serve.log", env))
+
+
+def create_token(uri: str, database: str, home: Path) -> str:
+    """`cloudpacs tokens create` run by this interpreter (so from any checkout or worktree)."""
+    env = {
+        **os.environ,
+        "CLOUDPACS_MONGO_URI": uri,
+        "CLOUDPACS_DATABASE": database,
+        "CLOUDPACS_HOME": str(home),
+    }
+    argv = [sys.executable, "-m", "cloudpacs", "tokens", "create", "--subject", "bench"]
+    argv += ["--grant", "*=contributor", "--days", "1"]
+    done = subprocess.run(argv, env=env, capture_output=True, text=True, check=True, cwd=REPO)
+    return done.stdout.strip().splitlines()[-1]
 
 
 def one_round(
