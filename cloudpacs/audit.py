@@ -4,6 +4,10 @@ Recording is a cheap in-memory append, so that audit never slows a request down;
 task writes the buffer to the append-only `audit` collection in batches. If the database is
 unreachable, records wait in the buffer (bounded by audit_buffer_limit; beyond it they are
 dropped, counted in cloudpacs_audit_dropped and logged).
+
+A record that names a study but no project (a DICOMweb request under /dicomweb/, whose URL
+does not say) gets the study's project at that write, looked up once per study and batch:
+off the request path, so that requests pay nothing for it.
 """
 
 from __future__ import annotations
@@ -11,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 from cloudpacs.errors import Unavailable
@@ -23,12 +28,21 @@ log = logging.getLogger(__name__)
 BATCH = 1000
 CLOSE_SECONDS = 5.0
 
+# study UIDs -> {study UID: project} for those that exist (InstanceStore.study_projects)
+ProjectLookup = Callable[[Sequence[str]], Awaitable[dict[str, str]]]
+
 
 class AuditLog:
     def __init__(
-        self, store: AuditStore, metrics: Metrics, flush_seconds: float, limit: int
+        self,
+        store: AuditStore,
+        metrics: Metrics,
+        flush_seconds: float,
+        limit: int,
+        projects_of: ProjectLookup | None = None,
     ) -> None:
         self.store = store
+        self.projects_of = projects_of
         self.metrics = metrics
         self.flush_seconds = flush_seconds
         self.limit = limit
@@ -80,6 +94,7 @@ class AuditLog:
         written = 0
         while self._buffer:
             batch = self._buffer[:BATCH]
+            await self._fill_projects(batch)
             await self.store.append(batch)
             # append() inserted these exact dicts, so drop them by count (records appended
             # meanwhile are behind them)
@@ -88,6 +103,22 @@ class AuditLog:
             self.metrics.audit_records.inc(len(batch))
         self.metrics.audit_pending.set(len(self._buffer))
         return written
+
+    def name_project(self, study: str, project: str) -> None:
+        """Give the buffered records of `study` its project now: it is being deleted, and
+        could not be looked up when they are written."""
+        for record in self._buffer:
+            if record.get("study") == study and "project" not in record:
+                record["project"] = project
+
+    async def _fill_projects(self, batch: list[dict[str, Any]]) -> None:
+        missing = [r for r in batch if "study" in r and "project" not in r]
+        if not missing or self.projects_of is None:
+            return
+        found = await self.projects_of(sorted({r["study"] for r in missing}))
+        for record in missing:
+            if record["study"] in found:
+                record["project"] = found[record["study"]]
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._run())

@@ -191,8 +191,8 @@ async def _dispatch(args: argparse.Namespace, settings: Settings) -> int:
         return 0
     if command == "aws":
         return await asyncio.to_thread(_wire_bucket, args, settings)
-    if command in ("tokens", "audit"):
-        async with open_runtime(settings, sweep_periodically=False) as runtime:
+    if command in ("tokens", "audit"):  # nothing to parse: no parser processes
+        async with open_runtime(settings, sweep_periodically=False, start_parser=False) as runtime:
             if command == "tokens":
                 return await manage_tokens(args, runtime.tokens)
             return await export_audit(args, AuditStore(runtime.database))

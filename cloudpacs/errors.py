@@ -12,6 +12,7 @@
         Conflict        same SOP Instance UID, different bytes, and the policy keeps the first
         WrongStudy      STOW-RS to /studies/{study} of an instance of another study
         WrongProject    the instance's study already belongs to another project
+        UidInUse        the SOP Instance UID is held by another project or another study
       Unauthenticated -> 401; no credential, or one that is invalid, expired or revoked
       Forbidden       -> 403; a valid credential without the role, or a refused address
       Unavailable       -> 503; the database is unreachable; ingest retries and keeps the source
@@ -61,15 +62,23 @@ class Rejected(CloudPacsError):
     reason = "rejected"
 
     def __init__(
-        self, message: str, sop_uid: str | None = None, sop_class_uid: str | None = None
+        self,
+        message: str,
+        sop_uid: str | None = None,
+        sop_class_uid: str | None = None,
+        study_uid: str | None = None,
+        series_uid: str | None = None,
     ) -> None:
         super().__init__(message)
         self.sop_uid = sop_uid
         self.sop_class_uid = sop_class_uid
+        self.study_uid = study_uid  # known when the refusal came after parsing
+        self.series_uid = series_uid
 
-    def __reduce__(self) -> tuple[type[Rejected], tuple[str, str | None, str | None]]:
+    def __reduce__(self) -> tuple[type[Rejected], tuple[str | None, ...]]:
         # crosses the process boundary from the parser workers with its UIDs intact
-        return type(self), (str(self), self.sop_uid, self.sop_class_uid)
+        uids = (self.sop_uid, self.sop_class_uid, self.study_uid, self.series_uid)
+        return type(self), (str(self), *uids)
 
 
 class InvalidDicom(Rejected):
@@ -86,6 +95,13 @@ class WrongStudy(Rejected):
 
 class WrongProject(Rejected):
     reason = "wrong-project"
+
+
+class UidInUse(Rejected):
+    """Its message is generic on purpose: it never says where the UID is held, nor how the
+    stored instance differs (another project's data is not revealed)."""
+
+    reason = "uid-in-use"
 
 
 class Unauthenticated(CloudPacsError):

@@ -3,6 +3,11 @@
 Every front door (watched folder, bulk import, STOW-RS, later SQS) hands a local file here.
 Outcomes: stored, duplicate (same bytes already stored), rejected (permanent, with a reason).
 Transient failures raise Unavailable: the caller keeps its source and retries later.
+
+A SOP Instance UID already stored in another project, or in another study, is never
+overwritten, moved or described to the sender (UidInUse, one generic reason whatever the
+stored instance holds); only the same study of the same project may hold a duplicate, a
+keep-first conflict or an overwrite.
 """
 
 from __future__ import annotations
@@ -13,19 +18,30 @@ import time
 from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from bson import ObjectId
 
 from cloudpacs.audit import AuditLog
 from cloudpacs.dicom.parse import ParsedInstance
-from cloudpacs.errors import Conflict, Rejected, WrongProject, WrongStudy
+from cloudpacs.errors import Conflict, InvalidRequest, Rejected, UidInUse, WrongProject, WrongStudy
 from cloudpacs.metrics import Metrics
 from cloudpacs.parsing import Parser, ThreadParser
+from cloudpacs.projects import is_project_name
 from cloudpacs.storage import documents
 from cloudpacs.storage.instances import AlreadyStored, InstanceStore, utcnow
 
 log = logging.getLogger(__name__)
+R = TypeVar("R", bound=Rejected)
+
+# One reason for every refused reuse of a SOP Instance UID held elsewhere: whether the other
+# holder is a project the sender cannot see, or a study the file does not name, and whatever
+# its content, the sender learns only that the UID cannot be stored here. (STOW-RS answers
+# carry the first 64 characters.)
+UID_IN_USE = (
+    "SOP Instance UID already used outside this study or project; not stored "
+    "(send the instance with a new SOP Instance UID)"
+)
 
 
 class Outcome(StrEnum):
@@ -61,6 +77,12 @@ class Source:
     project: str | None = None
     user: str | None = None
 
+    def __post_init__(self) -> None:
+        # the last guard: an instance's project is always one valid name (never a list
+        # from a malformed credential)
+        if self.project is not None and not is_project_name(self.project):
+            raise InvalidRequest(f"{self.project!r} is not a project name")
+
 
 class Ingestor:
     def __init__(
@@ -92,6 +114,8 @@ class Ingestor:
                 Outcome.REJECTED,
                 sop_uid=exc.sop_uid,
                 sop_class_uid=exc.sop_class_uid,
+                study_uid=exc.study_uid,
+                series_uid=exc.series_uid,
                 reason=str(exc),
                 reason_code=exc.reason,
             )
@@ -159,21 +183,23 @@ class Ingestor:
     async def _ingest(self, path: Path, source: Source, expected_study: str | None) -> IngestResult:
         parsed = await self.parser.parse(path)
         if expected_study is not None and parsed.study_uid != expected_study:
-            raise WrongStudy(
+            raise _refusal(
+                WrongStudy,
                 f"instance {parsed.sop_uid} belongs to study {parsed.study_uid}, "
                 f"not to {expected_study} named in the URL",
-                parsed.sop_uid,
-                parsed.sop_class_uid,
+                parsed,
             )
         project = source.project or self.default_project
+        existing = await self.store.existing(parsed.sop_uid)
+        if existing is not None and not self._same_place(existing, parsed, project):
+            raise self._uid_in_use(parsed, project, existing)
         if await self.store.claim_study(parsed.study_uid, project) != project:
-            raise WrongProject(
+            raise _refusal(
+                WrongProject,
                 f"another project holds study {parsed.study_uid}; a study belongs to "
                 f"exactly one project, so it cannot be stored in {project!r}",
-                parsed.sop_uid,
-                parsed.sop_class_uid,
+                parsed,
             )
-        existing = await self.store.existing(parsed.sop_uid)
         if existing is not None:
             if existing["sha256"] == parsed.sha256:
                 return IngestResult.of(Outcome.DUPLICATE, parsed)
@@ -194,7 +220,7 @@ class Ingestor:
             await self.store.insert(doc)
         except AlreadyStored:
             await self.store.delete_files(file_ids)
-            return await self._lost_race(parsed)
+            return await self._lost_race(parsed, doc["project"])
         await self._finish(doc)
         self.metrics.stored_bytes.inc(parsed.size)
         return IngestResult.of(Outcome.STORED, parsed)
@@ -221,12 +247,34 @@ class Ingestor:
         sweep completes it later."""
         await self.store.apply_rollups(doc)
 
-    async def _lost_race(self, parsed: ParsedInstance) -> IngestResult:
+    async def _lost_race(self, parsed: ParsedInstance, project: str) -> IngestResult:
         """A concurrent ingest stored the same SOP Instance UID first."""
         existing = await self.store.existing(parsed.sop_uid)
+        if existing is not None and not self._same_place(existing, parsed, project):
+            raise self._uid_in_use(parsed, project, existing)
         if existing is not None and existing["sha256"] == parsed.sha256:
             return IngestResult.of(Outcome.DUPLICATE, parsed)
         raise _conflict(parsed, existing or {})
+
+    def _same_place(self, existing: dict[str, Any], parsed: ParsedInstance, project: str) -> bool:
+        """Whether the stored instance is in the study and project the new file goes to."""
+        held_by = existing.get("project") or self.default_project
+        return existing.get("study") == parsed.study_uid and held_by == project
+
+    def _uid_in_use(
+        self, parsed: ParsedInstance, project: str, existing: dict[str, Any]
+    ) -> UidInUse:
+        # where the UID is held goes to the log (operators), never to the sender
+        log.warning(
+            "ingest.uid_in_use",
+            extra={
+                "sop_instance_uid": parsed.sop_uid,
+                "project": project,
+                "held_by_project": existing.get("project") or self.default_project,
+                "same_study": existing.get("study") == parsed.study_uid,
+            },
+        )
+        return _refusal(UidInUse, UID_IN_USE, parsed)
 
     async def _overwrite(
         self,
@@ -235,12 +283,12 @@ class Ingestor:
         existing: dict[str, Any],
         file_ids: list[ObjectId],
     ) -> IngestResult:
-        if not await self.store.replace(doc, existing["sha256"]):
+        if not await self.store.replace(doc, existing["sha256"]):  # same study and project
             await self.store.delete_files(file_ids)
-            raise Conflict(
+            raise _refusal(
+                Conflict,
                 f"SOP Instance UID {parsed.sop_uid} changed during overwrite; retry",
-                parsed.sop_uid,
-                parsed.sop_class_uid,
+                parsed,
             )
         old_files = [
             existing["file_id"],
@@ -248,17 +296,27 @@ class Ingestor:
         ]
         await self.store.settle_uploads(file_ids)
         await self.store.delete_files(old_files)
-        for study in {existing["study"], parsed.study_uid}:
-            await self.store.recompute_rollups(study)
+        await self.store.recompute_rollups(parsed.study_uid)  # the series may have changed
         self.metrics.stored_bytes.inc(parsed.size)
         return IngestResult.of(Outcome.STORED, parsed)
 
 
+def _refusal(kind: type[R], message: str, parsed: ParsedInstance) -> R:
+    """A refusal of a parsed instance, carrying its UIDs (for the answer and the audit)."""
+    return kind(
+        message,
+        parsed.sop_uid,
+        parsed.sop_class_uid,
+        study_uid=parsed.study_uid,
+        series_uid=parsed.series_uid,
+    )
+
+
 def _conflict(parsed: ParsedInstance, existing: dict[str, Any]) -> Conflict:
-    return Conflict(
+    return _refusal(
+        Conflict,
         f"SOP Instance UID {parsed.sop_uid} is already stored with different content "
         f"(stored sha256 {str(existing.get('sha256', '?'))[:12]}…, "
         f"new {parsed.sha256[:12]}…); policy keep-first keeps the stored one",
-        parsed.sop_uid,
-        parsed.sop_class_uid,
+        parsed,
     )

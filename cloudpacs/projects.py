@@ -12,16 +12,23 @@ from dataclasses import dataclass
 
 from cloudpacs.errors import ConfigError
 
-PROJECT_NAME = re.compile(r"^[a-z0-9][a-z0-9._-]{0,63}$")
+PROJECT_NAME = re.compile(r"[a-z0-9][a-z0-9._-]{0,63}")  # whole string: fullmatch
 ALL_PROJECTS = "*"
 
 
+PROJECT_NAME_RULE = (
+    "lower-case letters, digits, '.', '_', '-', at most 64, starting with a letter or digit"
+)
+
+
+def is_project_name(value: object) -> bool:
+    """Whether `value` is one valid project name (a string: never a list, a number, "*")."""
+    return isinstance(value, str) and PROJECT_NAME.fullmatch(value) is not None
+
+
 def check_project_name(name: str, what: str = "project") -> str:
-    if not PROJECT_NAME.match(name):
-        raise ConfigError(
-            f"{what}: {name!r} is not a project name (lower-case letters, digits, '.', '_', "
-            "'-', at most 64, starting with a letter or digit)"
-        )
+    if not is_project_name(name):
+        raise ConfigError(f"{what}: {name!r} is not a project name ({PROJECT_NAME_RULE})")
     return name
 
 

@@ -93,7 +93,11 @@ def build_runtime(
     store = InstanceStore(database, files)
     parser = parser or parser_for(settings)
     audit = AuditLog(
-        AuditStore(database), metrics, settings.audit_flush_seconds, settings.audit_buffer_limit
+        AuditStore(database),
+        metrics,
+        settings.audit_flush_seconds,
+        settings.audit_buffer_limit,
+        projects_of=store.study_projects,
     )
     ingestor = Ingestor(
         store, metrics, settings.conflict_policy, parser, settings.default_project, audit

@@ -29,6 +29,8 @@ usage: add-app-node.sh --host HOST [--configdb SPEC --secrets DIR] [options]
   --bundle FILE        tar.gz of the cloudpacs tree (default: git archive HEAD)
   --sqs-queue URL      passed to install-app-node.sh (repeat)
   --aws-region REGION  passed to install-app-node.sh
+  --trusted-proxy CIDR passed to install-app-node.sh (repeat; the HAProxy nodes)
+  --allowed-network CIDR  passed to install-app-node.sh (repeat; the client networks)
   --register-only      skip steps 1-2 (the node installed itself)
   --remove             unregister HOST from HAProxy instead (scale in)
   --dry-run            print the commands instead of running them
@@ -55,7 +57,7 @@ main() {
       --ssh-user) user=$2 ;;
       --http-port) port=$2 ;;
       --bundle) bundle=$2 ;;
-      --sqs-queue) install_args+=(--sqs-queue "$2") ;;
+      --sqs-queue | --trusted-proxy | --allowed-network) install_args+=("$1" "$2") ;;
       --aws-region) region=$2 ;;
       *) die "unknown option $1 (see --help)" ;;
     esac

@@ -81,10 +81,13 @@ def node_env(
             INIT_WAIT_SECONDS=str(INIT_WAIT_SECONDS),
         )
     elif node.role == "app":
+        scrapers = (spec.monitoring_cidr,) if spec.monitoring_cidr else ()
         env.update(
             CONFIGDB=spec.configdb,
             HTTP_PORT=str(APP_HTTP_PORT),
             SQS_QUEUES=" ".join(spec.sqs_queue_urls),
+            # cloudpacs' allowed_networks (the balancer's VPC is added on the node)
+            ALLOWED_NETWORKS=" ".join((*spec.allowed_cidrs, *scrapers)),
         )
     else:
         env["APP_SERVERS"] = " ".join(app_servers)

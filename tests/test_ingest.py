@@ -107,19 +107,22 @@ async def test_conflict_keeps_the_first(runtime: Runtime, tmp_path: Path) -> Non
 
 
 async def test_overwrite_policy_replaces(runtime: Runtime, tmp_path: Path) -> None:
+    """Within its study: another series of the same study is fine (its rollups follow);
+    moving an instance to another study never is (tests/test_ingest_projects.py)."""
     runtime.ingestor.conflict_policy = "overwrite"
     spec = write_instance(tmp_path / "a.dcm")
-    other_study = dataclasses.replace(spec, study_uid=generate_uid(), patient_name="New^Name")
-    write_instance(tmp_path / "b.dcm", other_study)
+    other_series = dataclasses.replace(spec, series_uid=generate_uid(), patient_name="New^Name")
+    write_instance(tmp_path / "b.dcm", other_series)
     await runtime.ingestor.ingest(tmp_path / "a.dcm", SOURCE)
     result = await runtime.ingestor.ingest(tmp_path / "b.dcm", SOURCE)
     assert result.outcome is Outcome.STORED
     assert await stored_bytes(runtime, spec.sop_uid) == (tmp_path / "b.dcm").read_bytes()
     assert await consistency(runtime) == {"instances": 1, "files": 1}
     db = runtime.database.db
-    assert await db.studies.count_documents({"_id": spec.study_uid}) == 0  # emptied study gone
-    new_study = await db.studies.find_one({"_id": other_study.study_uid})
-    assert new_study is not None and new_study["instance_count"] == 1
+    assert await db.series.count_documents({"_id": spec.series_uid}) == 0  # emptied series gone
+    study = await db.studies.find_one({"_id": spec.study_uid})
+    assert study is not None and study["instance_count"] == 1
+    assert study["series_uids"] == [other_series.series_uid]
 
 
 async def test_rejections_leave_nothing_behind(runtime: Runtime, tmp_path: Path) -> None:

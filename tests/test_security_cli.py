@@ -7,12 +7,16 @@ import csv
 import os
 import signal
 import subprocess
+import time
 import urllib.request
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
 
+from cloudpacs.cli_admin import AUDIT_COLUMNS
 from tests.conftest import free_port
+from tests.factory import Spec, write_instance
 from tests.test_cli import CLOUDPACS, cloudpacs, db_env, spawned, wait_for  # noqa: F401
 
 pytestmark = pytest.mark.timeout(120)
@@ -129,3 +133,58 @@ def test_off_loopback_the_api_needs_credentials_unless_insecure(
     stop(process)
     log = (tmp_path / f"serve-{port}.log").read_text()
     assert "WITHOUT AUTHENTICATION" in log and '"event": "http.insecure"' in log
+
+
+def test_tokens_create_refuses_a_default_project_that_is_not_one_project_name(
+    db_env: dict[str, str],  # noqa: F811
+    tmp_path: Path,
+) -> None:
+    grant = ("tokens", "create", "--subject", "ann", "--grant", "lab=contributor")
+    for bad, message in (
+        ("Lab Two", "is not one project name"),
+        ("lab,other", "is not one project name"),
+        ("other", "is not among the grants"),
+    ):
+        refused = cloudpacs(*grant, "--default-project", bad, env=db_env, cwd=tmp_path)
+        assert refused.returncode == 1, refused.stdout
+        assert message in refused.stderr and "Traceback" not in refused.stderr
+        assert "cpt_" not in refused.stdout
+    assert cloudpacs("tokens", "list", env=db_env, cwd=tmp_path).stdout == ""
+    made = cloudpacs(*grant, "--default-project", "lab", env=db_env, cwd=tmp_path)
+    assert made.returncode == 0 and made.stdout.startswith("cpt_")
+
+
+def test_audit_export_by_study_and_time_range_as_csv(
+    db_env: dict[str, str],  # noqa: F811
+    tmp_path: Path,
+) -> None:
+    first, second = Spec(), Spec()
+    write_instance(tmp_path / "one" / "a.dcm", first)
+    write_instance(tmp_path / "two" / "b.dcm", second)
+    imported = cloudpacs("import", str(tmp_path / "one"), "--no-progress", env=db_env, cwd=tmp_path)
+    assert imported.returncode == 0, imported.stderr
+    between = datetime.now(UTC).isoformat()
+    time.sleep(0.01)
+    imported = cloudpacs("import", str(tmp_path / "two"), "--no-progress", env=db_env, cwd=tmp_path)
+    assert imported.returncode == 0, imported.stderr
+
+    def export(*args: str) -> list[dict[str, str]]:
+        out = tmp_path / "audit.csv"
+        done = cloudpacs("audit", *args, "--output", str(out), env=db_env, cwd=tmp_path)
+        assert done.returncode == 0, done.stderr
+        text = out.read_text()
+        assert text.splitlines()[0] == ",".join(AUDIT_COLUMNS)  # CSV, header first
+        rows = list(csv.DictReader(text.splitlines()))
+        assert f"{len(rows)} audit records" in done.stderr
+        return rows
+
+    rows = export("--study", first.study_uid, "--format", "csv")
+    assert [
+        (r["action"], r["outcome"], r["project"], r["study"], r["series"], r["instance"])
+        for r in rows
+    ] == [("store.instance", "stored", "default", first.study_uid, first.series_uid, first.sop_uid)]
+    assert rows[0]["user"] == f"import:{tmp_path / 'one' / 'a.dcm'}"
+    assert datetime.fromisoformat(rows[0]["at"]) < datetime.fromisoformat(between)
+    assert [r["instance"] for r in export("--until", between)] == [first.sop_uid]  # exclusive
+    assert [r["instance"] for r in export("--since", between)] == [second.sop_uid]
+    assert export("--study", second.study_uid, "--until", between) == []

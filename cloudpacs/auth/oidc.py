@@ -16,6 +16,7 @@ import jwt
 
 from cloudpacs.auth.principal import Principal, parse_grants
 from cloudpacs.errors import ConfigError, InvalidRequest, Unauthenticated
+from cloudpacs.projects import PROJECT_NAME_RULE, is_project_name
 
 JWKS_CACHE_SECONDS = 300
 DEFAULT_PROJECT_CLAIM = "cloudpacs_default_project"
@@ -76,10 +77,16 @@ class JwtVerifier:
             grants = parse_grants(raw if isinstance(raw, dict) else {})
         except InvalidRequest as exc:
             raise Unauthenticated(f"JWT claim {self.projects_claim}: {exc}") from None
+        default_project = claims.get(DEFAULT_PROJECT_CLAIM)
+        if default_project is not None and not is_project_name(default_project):
+            # a list or a bad name must never become an instance's project
+            raise Unauthenticated(
+                f"JWT claim {DEFAULT_PROJECT_CLAIM} must be one project name ({PROJECT_NAME_RULE})"
+            )
         return Principal(
             subject=str(claims["sub"]),
             grants=grants,
-            default_project=claims.get(DEFAULT_PROJECT_CLAIM),
+            default_project=default_project,
             credential="jwt",
         )
 

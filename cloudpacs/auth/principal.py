@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from enum import IntEnum
 
 from cloudpacs.errors import InvalidRequest
-from cloudpacs.projects import ALL_PROJECTS, PROJECT_NAME
+from cloudpacs.projects import ALL_PROJECTS, is_project_name
 
 
 class Role(IntEnum):
@@ -29,7 +29,7 @@ def parse_grants(raw: Mapping[str, str]) -> dict[str, Role]:
     """{"project": "role"} with "*" for every project; refuses unknown names and roles."""
     grants: dict[str, Role] = {}
     for project, role in raw.items():
-        if project != ALL_PROJECTS and not PROJECT_NAME.match(project):
+        if project != ALL_PROJECTS and not is_project_name(project):
             raise InvalidRequest(f"{project!r} is not a project name")
         grants[project] = Role.named(role)
     return grants

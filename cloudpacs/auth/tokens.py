@@ -17,7 +17,7 @@ from typing import Any
 
 from cloudpacs.auth.principal import Principal, Role, parse_grants
 from cloudpacs.errors import InvalidRequest, NotFound, Unauthenticated
-from cloudpacs.projects import ALL_PROJECTS
+from cloudpacs.projects import ALL_PROJECTS, PROJECT_NAME_RULE, is_project_name
 from cloudpacs.storage.instances import utcnow
 from cloudpacs.storage.tokens import TokenStore
 
@@ -53,9 +53,11 @@ class TokenService:
         subject: str,
         grants: dict[str, str],
         days: float,
-        default_project: str | None = None,
+        default_project: object = None,
         description: str = "",
     ) -> NewToken:
+        """`default_project` comes straight from a request body or the command line: None or
+        one project name; anything else (a list, a number, a bad name) is refused."""
         if not subject or len(subject) > 200:
             raise InvalidRequest("a token needs a subject (who it is for), at most 200 chars")
         if not 0 < days <= MAX_DAYS:
@@ -63,6 +65,10 @@ class TokenService:
         parsed = parse_grants(grants)
         if not parsed:
             raise InvalidRequest("a token needs at least one grant, e.g. myproject=reader")
+        if default_project is not None and not is_project_name(default_project):
+            raise InvalidRequest(
+                f"default project {default_project!r} is not one project name ({PROJECT_NAME_RULE})"
+            )
         if default_project and default_project not in parsed and ALL_PROJECTS not in parsed:
             raise InvalidRequest(f"default project {default_project!r} is not among the grants")
         token_id = secrets.token_hex(8)
@@ -92,10 +98,14 @@ class TokenService:
             raise Unauthenticated("token revoked")
         if record["expires_at"] <= utcnow():  # the client is tz_aware
             raise Unauthenticated("token expired")
+        default_project = record.get("default_project")
+        if default_project is not None and not is_project_name(default_project):
+            # only a record written before default projects were checked can hold this
+            raise Unauthenticated("token has an invalid default project; create a new one")
         return Principal(
             subject=record["subject"],
             grants={p: Role.named(r) for p, r in record["grants"].items()},
-            default_project=record.get("default_project"),
+            default_project=default_project,
             credential=f"token:{token_id}",
         )
 

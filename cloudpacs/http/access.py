@@ -22,6 +22,7 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 PRINCIPAL = web.RequestKey("principal", Principal)
 CLIENT = web.RequestKey("client", str)
 DETAIL = web.RequestKey("audit_detail", str)
+PROJECT = web.RequestKey("audit_project", str)  # when the URL does not say (STOW, deletion)
 MAX_DETAIL = 500
 
 
@@ -60,6 +61,18 @@ def visible_projects(request: web.Request, role: Role) -> frozenset[str] | None:
     if project:
         return frozenset({project})
     return principal(request).projects_with(role)
+
+
+def note_for_audit(
+    request: web.Request, *, project: str | None = None, detail: str | None = None
+) -> None:
+    """What a handler learnt that the request's audit record should carry: the project it
+    stored into or deleted from, and a detail. Records naming a study but no project get
+    the study's project when they are written (AuditLog.flush)."""
+    if project:
+        request[PROJECT] = project
+    if detail:
+        request[DETAIL] = detail
 
 
 def access_middleware() -> Middleware:
@@ -135,7 +148,7 @@ def audit_request(request: web.Request, status: int) -> None:
         outcome=_outcome(status),
         user=caller.subject if caller else "-",
         credential=caller.credential if caller else None,
-        project=info.get("project"),
+        project=info.get("project") or request.get(PROJECT),
         study=info.get("study"),
         series=info.get("series"),
         instance=info.get("instance"),

@@ -11,7 +11,7 @@ from aiohttp import web
 
 from cloudpacs.auth.principal import Role
 from cloudpacs.errors import InvalidRequest
-from cloudpacs.http.access import visible_projects
+from cloudpacs.http.access import note_for_audit, visible_projects
 from cloudpacs.http.services import services
 from cloudpacs.search import Scope
 
@@ -70,4 +70,9 @@ async def delete(request: web.Request) -> web.Response:
     info = request.match_info
     scope = Scope(info["study"], info.get("series"), visible_projects(request, Role.ADMIN))
     deleted = await services(request).deletion.delete(scope, info.get("instance"))
-    return _json({"deleted_instances": deleted})
+    # the audit record names the project the data was in (it is gone by the time it is
+    # written, so it cannot be looked up then)
+    note_for_audit(request, project=deleted.project, detail=f"{deleted.instances} instances")
+    if deleted.project:
+        services(request).audit.name_project(info["study"], deleted.project)
+    return _json({"deleted_instances": deleted.instances})

@@ -31,7 +31,7 @@ from cloudpacs.errors import (
     PayloadTooLarge,
     UnsupportedMedia,
 )
-from cloudpacs.http.access import CLIENT, principal
+from cloudpacs.http.access import CLIENT, note_for_audit, principal
 from cloudpacs.http.media import DICOM_JSON
 from cloudpacs.http.services import base_url, services
 from cloudpacs.ingest import Ingestor, IngestResult, Outcome, Source
@@ -44,7 +44,11 @@ FAILURE_DUPLICATE_CONFLICT = 0x0111
 FAILURE_WRONG_STUDY = 0xA900
 FAILURE_NOT_DICOM_PART = 0xC000
 TOO_LARGE = "request body is over the upload limit (max_upload_bytes)"
-FAILURE_CODES = {"conflict": FAILURE_DUPLICATE_CONFLICT, "wrong-study": FAILURE_WRONG_STUDY}
+FAILURE_CODES = {
+    "conflict": FAILURE_DUPLICATE_CONFLICT,
+    "uid-in-use": FAILURE_DUPLICATE_CONFLICT,  # the UID duplicates one held elsewhere
+    "wrong-study": FAILURE_WRONG_STUDY,
+}
 
 
 @dataclass(frozen=True)
@@ -109,9 +113,11 @@ def _source(request: web.Request, default_project: str) -> Source:
     archive's default; the caller must be a contributor there."""
     caller = principal(request)
     project = request.match_info.get("project") or caller.default_project or default_project
+    source = Source("stow", request.get(CLIENT) or "", project=project, user=caller.subject)
     if not caller.allows(Role.CONTRIBUTOR, project):
         raise Forbidden(f"no contributor role in project {project}")
-    return Source("stow", request.get(CLIENT) or "", project=project, user=caller.subject)
+    note_for_audit(request, project=project)
+    return source
 
 
 def _check_content_type(header: str) -> None:

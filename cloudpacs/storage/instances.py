@@ -184,11 +184,23 @@ class InstanceStore:
                     doc = await claims.find_one({"_id": study_uid})
         return str(doc["project"]) if doc else project
 
+    async def study_projects(self, study_uids: Sequence[str]) -> dict[str, str]:
+        """The project of each of these studies that exists (its claim)."""
+        claims = await self.by_ids(STUDY_PROJECTS, list(study_uids), {"project": 1})
+        return {doc["_id"]: str(doc["project"]) for doc in claims}
+
     async def existing(self, sop_uid: str) -> dict[str, Any] | None:
         async with translate_errors():
             doc: dict[str, Any] | None = await self.instances.find_one(
                 {"_id": sop_uid},
-                {"sha256": 1, "file_id": 1, "meta_file_id": 1, "study": 1, "series": 1},
+                {
+                    "sha256": 1,
+                    "file_id": 1,
+                    "meta_file_id": 1,
+                    "study": 1,
+                    "series": 1,
+                    "project": 1,
+                },
             )
         return doc
 
@@ -200,14 +212,20 @@ class InstanceStore:
                 raise AlreadyStored(doc["_id"]) from exc
 
     async def replace(self, doc: dict[str, Any], expected_sha256: str) -> bool:
-        """Swap the stored instance for `doc` if it still has `expected_sha256`. Its read
-        document goes first (reads fall back to the instance; the rebuild of its study's
-        rollups makes a new one)."""
+        """Swap the stored instance for `doc` if it still has `expected_sha256` and is in
+        the same study and project (an overwrite never moves an instance elsewhere). Its
+        read document goes at once, before the old file (reads fall back to the instance;
+        the rebuild of its study's rollups makes a new one)."""
+        query = {
+            "_id": doc["_id"],
+            "sha256": expected_sha256,
+            "study": doc["study"],
+            "project": doc["project"],
+        }
         async with translate_errors():
-            await self.reads.delete_one({"_id": doc["_id"]})
-            result = await self.instances.replace_one(
-                {"_id": doc["_id"], "sha256": expected_sha256}, doc
-            )
+            result = await self.instances.replace_one(query, doc)
+            if result.matched_count == 1:
+                await self.reads.delete_one({"_id": doc["_id"]})
         return result.matched_count == 1
 
     async def apply_rollups(self, doc: dict[str, Any]) -> None:

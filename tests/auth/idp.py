@@ -46,6 +46,7 @@ class Idp:
         expires_in: float = 300,
         subject: str = "jwt-user",
         key: Any = None,
+        extra: dict[str, Any] | None = None,
     ) -> str:
         now = int(time.time())
         claims = {
@@ -55,6 +56,7 @@ class Idp:
             "iat": now,
             "exp": now + int(expires_in),
             CLAIM: grants,
+            **(extra or {}),
         }
         signing_key = key or (self.rsa_key if alg == "RS256" else self.ec_key)
         kid = "rsa1" if alg == "RS256" else "ec1"

@@ -21,6 +21,7 @@ from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
 from cloudpacs.config import Settings
 from cloudpacs.daemon.folder import FolderSource
 from cloudpacs.daemon.service import FolderDaemon
+from cloudpacs.ingest import UID_IN_USE, Outcome, Source
 from cloudpacs.runtime import Runtime
 from tests.conftest import FerretServer
 from tests.factory import Spec, make_dataset, write_instance, write_study
@@ -537,3 +538,41 @@ async def test_files_of_the_watched_folder_go_to_its_project(
     study = await runtime.database.db.studies.find_one({"_id": spec.study_uid})
     assert doc is not None and doc["project"] == "lab"
     assert study is not None and study["project"] == "lab"
+
+
+@pytest.mark.parametrize("policy", ["keep-first", "overwrite"])
+async def test_the_watched_folder_refuses_what_another_project_holds(
+    runtime: Runtime, settings: Settings, start_daemon: StartDaemon, policy: str
+) -> None:
+    """A file of a study another project holds, and a file reusing another project's SOP
+    Instance UID in a new study, go to failed/ with their reasons; the other project's
+    instance is neither replaced nor moved, whatever the conflict policy."""
+    runtime.ingestor.conflict_policy = policy
+    settings = dataclasses.replace(settings, folder_project="beta")
+    alpha = write_instance(settings.home / "alpha.dcm")
+    alpha_bytes = (settings.home / "alpha.dcm").read_bytes()
+    result = await runtime.ingestor.ingest(
+        settings.home / "alpha.dcm", Source("t", project="alpha")
+    )
+    assert result.outcome is Outcome.STORED
+    same_study = write_instance(settings.inbox / "same-study.dcm", study_uid=alpha.study_uid)
+    same_uid = write_instance(settings.inbox / "same-uid.dcm", sop_uid=alpha.sop_uid)
+
+    await start_daemon(settings)
+    failed = settings.failed_dir
+    expected = sorted(
+        Path(p) for name in ("same-study.dcm", "same-uid.dcm") for p in (name, name + ".reason.txt")
+    )
+    await eventually(lambda: _settled(runtime, settings.inbox, failed, expected))
+
+    reason = (failed / "same-study.dcm.reason.txt").read_text()
+    assert reason.startswith(f"another project holds study {alpha.study_uid}")
+    assert (failed / "same-uid.dcm.reason.txt").read_text() == UID_IN_USE + "\n"
+    doc = await runtime.database.db.instances.find_one({"_id": alpha.sop_uid})
+    assert doc is not None and (doc["project"], doc["study"]) == ("alpha", alpha.study_uid)
+    assert await stored_content(runtime, alpha.sop_uid) == alpha_bytes
+    assert await runtime.database.db.instances.find_one({"_id": same_study.sop_uid}) is None
+    assert await runtime.database.db.studies.find_one({"_id": same_uid.study_uid}) is None
+    assert await count(runtime, "study_projects") == 1
+    assert (await count(runtime, "instances"), await count(runtime, "fs.files")) == (1, 1)
+    assert await count(runtime, "uploads") == 0

@@ -16,6 +16,7 @@ from cloudpacs.aws.clients import AwsClients, make_clients
 from cloudpacs.aws.objects import ObjectIngest, S3Object
 from cloudpacs.aws.wiring import WiringPlan, wire_bucket
 from cloudpacs.daemon.sqs import SqsOptions, SqsSource
+from cloudpacs.ingest import UID_IN_USE
 from cloudpacs.projects import ProjectRules
 from cloudpacs.runtime import Runtime
 from cloudpacs.storage.sweep import sweep
@@ -290,3 +291,52 @@ async def test_s3_objects_go_to_the_project_of_the_longest_matching_prefix(
     for sop, project in expected.items():
         doc = await runtime.database.db.instances.find_one({"_id": sop})
         assert doc is not None and doc["project"] == project
+
+
+@pytest.mark.parametrize("policy", ["keep-first", "overwrite"])
+async def test_s3_objects_are_refused_what_another_project_holds(
+    runtime: Runtime, wired: Wired, tmp_path: Path, policy: str
+) -> None:
+    """S3 (SQS and `import s3://` share ObjectIngest): an object of a study another project
+    holds, or reusing its SOP Instance UID in a new study, is rejected and recorded; the
+    other project's instance stays as it was."""
+    runtime.ingestor.conflict_policy = policy
+    bucket = wired.bucket
+    rules = ProjectRules.from_settings(
+        "default", None, None, (f"{bucket}/a/=alpha", f"{bucket}/b/=beta")
+    )
+    objects = ObjectIngest(
+        wired.clients.s3, runtime.ingestor, tmp_path / "t", 10**7, "import", rules
+    )
+    alpha_bytes, alpha = dicom_bytes(tmp_path)
+    same_study_bytes, same_study = dicom_bytes(tmp_path, study_uid=alpha.study_uid)
+    same_uid_bytes, same_uid = dicom_bytes(tmp_path, sop_uid=alpha.sop_uid)
+    results = {}
+    for key, data in (
+        ("a/alpha.dcm", alpha_bytes),
+        ("b/same-study.dcm", same_study_bytes),
+        ("b/same-uid.dcm", same_uid_bytes),
+    ):
+        wired.clients.s3.put_object(Bucket=bucket, Key=key, Body=data)
+        results[key] = await objects.ingest(S3Object(bucket, key))
+    assert [(r.outcome.value, r.reason_code) for r in results.values()] == [
+        ("stored", None),
+        ("rejected", "wrong-project"),
+        ("rejected", "uid-in-use"),
+    ]
+    assert results["b/same-uid.dcm"].reason == UID_IN_USE
+    db = runtime.database.db
+    doc = await db.instances.find_one({"_id": alpha.sop_uid})
+    assert doc is not None and (doc["project"], doc["study"]) == ("alpha", alpha.study_uid)
+    stored = b"".join([c async for c in runtime.store.stream_file(doc["file_id"])])
+    assert stored == alpha_bytes
+    assert await db.instances.count_documents({}) == 1
+    assert await db.studies.find_one({"_id": same_uid.study_uid}) is None
+    assert await db.instances.find_one({"_id": same_study.sop_uid}) is None
+    rejections = await db.rejections.find({}).sort("at", 1).to_list(None)
+    assert [(r["source"]["name"], r["reason_code"]) for r in rejections] == [
+        (f"s3://{bucket}/b/same-study.dcm", "wrong-project"),
+        (f"s3://{bucket}/b/same-uid.dcm", "uid-in-use"),
+    ]
+    assert await db.uploads.count_documents({}) == 0
+    assert await db["fs.files"].count_documents({}) == 1

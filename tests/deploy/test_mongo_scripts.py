@@ -9,6 +9,7 @@ import os
 import shlex
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -488,7 +489,11 @@ def test_install_app_node_dry_run() -> None:
         "?authSource=admin&tls=true&tlsCAFile=/etc/cloudpacs/tls/ca.pem"
     ) in env
     assert "CLOUDPACS_SQS_QUEUES=https://sqs.eu-west-1.amazonaws.com/1/q" in env
-    assert "+ write /etc/cloudpacs/cloudpacs.env (mode 0640, owner root:cloudpacs)" in out
+    # docs/SECURITY.md: only root reads it (systemd, before it starts the service as cloudpacs)
+    assert "+ write /etc/cloudpacs/cloudpacs.env (mode 0600, owner root:root)" in out
+    private = "10.0.0.0/8,172.16.0.0/12,192.168.0.0/16"
+    assert f"CLOUDPACS_TRUSTED_PROXIES={private}\n" in env
+    assert f"CLOUDPACS_ALLOWED_NETWORKS={private},127.0.0.0/8,::1/128\n" in env
     assert "/etc/mongos.conf" in written(out)
     argvs = commands(out)
     assert ["systemctl", "enable", "cloudpacs@serve", "cloudpacs@ingest"] in argvs
@@ -509,6 +514,55 @@ def test_install_app_node_dry_run() -> None:
     )
 
 
+def env_file(out: str) -> dict[str, str]:
+    lines = written(out)["/etc/cloudpacs/cloudpacs.env"].splitlines()
+    return dict(line.split("=", 1) for line in lines if line and not line.startswith("#"))
+
+
+def test_install_app_node_sets_the_client_address_policy(tmp_path: Path) -> None:
+    out = dry(
+        "install-app-node.sh",
+        *("--secrets", "/run/s", "--configdb", "cfg/" + ",".join(CFG)),
+        *("--trusted-proxy", "10.0.0.4", "--trusted-proxy", "10.0.0.5"),
+        *("--allowed-network", "198.51.100.0/24", "--allowed-network", "2001:db8::/32"),
+    )
+    env = env_file(out)
+    assert env["CLOUDPACS_TRUSTED_PROXIES"] == "10.0.0.4,10.0.0.5"
+    # HAProxy's own /readyz checks come from the proxies; loopback is the node itself
+    assert env["CLOUDPACS_ALLOWED_NETWORKS"] == (
+        "198.51.100.0/24,2001:db8::/32,10.0.0.4,10.0.0.5,127.0.0.0/8,::1/128"
+    )
+    # cloudpacs itself accepts the file's policy
+    config = cloudpacs_config(env, tmp_path)
+    assert config["trusted_proxies"] == ["10.0.0.4", "10.0.0.5"]
+    assert config["allowed_networks"][:2] == ["198.51.100.0/24", "2001:db8::/32"]
+    for bad in ("nope", "10.0.0.0/8,1.2.3.4", "300"):
+        refused = run(
+            "install-app-node.sh",
+            *("--secrets", "/run/s", "--configdb", "cfg/" + ",".join(CFG)),
+            *("--allowed-network", bad, "--dry-run"),
+            check=False,
+        )
+        assert refused.returncode != 0 and "is not an address or CIDR" in refused.stderr
+        assert "+ write" not in refused.stdout
+
+
+def cloudpacs_config(env: dict[str, str], tmp_path: Path) -> dict[str, Any]:
+    """`cloudpacs config` with the env file's client address settings."""
+    names = ("CLOUDPACS_TRUSTED_PROXIES", "CLOUDPACS_ALLOWED_NETWORKS")
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("CLOUDPACS_")}
+    done = subprocess.run(
+        [str(Path(sys.executable).with_name("cloudpacs")), "config"],
+        env={**clean, **{name: env[name] for name in names}, "CLOUDPACS_HOME": str(tmp_path)},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
+    config: dict[str, Any] = json.loads(done.stdout)
+    return config
+
+
 def test_add_app_node_dry_run_installs_then_registers() -> None:
     out = dry(
         "add-app-node.sh",
@@ -522,6 +576,10 @@ def test_add_app_node_dry_run_installs_then_registers() -> None:
         "10.0.0.4",
         "--bundle",
         "/tmp/b.tgz",
+        "--trusted-proxy",
+        "10.0.0.4",
+        "--allowed-network",
+        "198.51.100.0/24",
     )
     argvs = commands(out)
     scp = next(a for a in argvs if a[0] == "scp")
@@ -529,6 +587,7 @@ def test_add_app_node_dry_run_installs_then_registers() -> None:
     assert not any(name in " ".join(scp) for name in ("admin.password", "ca.key", "member.pem"))
     install = next(a for a in argvs if a[0] == "ssh" and "install-app-node.sh" in a[-1])
     assert install[3] == "admin@10.0.1.9"
+    assert "--trusted-proxy 10.0.0.4 --allowed-network 198.51.100.0/24" in install[-1]
     register = argvs[-1]
     assert register[3:] == [
         "admin@10.0.0.4",

@@ -42,19 +42,20 @@ ROLE_PACKAGES = {
 }
 
 
+SPEC = {
+    "name": "pacs",
+    "region": "eu-west-1",
+    "ami": "ami-1",
+    "key_name": "ops",
+    "admin_cidr": "203.0.113.10/32",
+    "allowed_cidrs": ["198.51.100.0/24"],
+    "sqs_queue_urls": ["https://sqs.eu-west-1.amazonaws.com/1/a", "https://sqs.x/1/b"],
+}
+
+
 @pytest.fixture(scope="module")
 def spec() -> ClusterSpec:
-    return spec_from_dict(
-        {
-            "name": "pacs",
-            "region": "eu-west-1",
-            "ami": "ami-1",
-            "key_name": "ops",
-            "admin_cidr": "203.0.113.10/32",
-            "allowed_cidrs": ["198.51.100.0/24"],
-            "sqs_queue_urls": ["https://sqs.eu-west-1.amazonaws.com/1/a", "https://sqs.x/1/b"],
-        }
-    )
+    return spec_from_dict(SPEC)
 
 
 def render(spec: ClusterSpec, role: str) -> tuple[str, dict[str, Any]]:
@@ -114,6 +115,13 @@ def test_app_and_balancer_settings(spec: ClusterSpec) -> None:
     assert env["SQS_QUEUES"].split() == list(spec.sqs_queue_urls)
     boot = files(app)["/usr/local/sbin/cloudpacs-boot"]["content"]
     assert "app/app.password=app.password" in boot and "app/mongos.pem=mongos.pem" in boot
+    # cloudpacs' client address policy: the spec's clients; the VPC's balancer is the proxy
+    assert env["ALLOWED_NETWORKS"].split() == list(spec.allowed_cidrs)
+    assert 'args+=(--allowed-network "$network")' in boot
+    assert "vpc-ipv4-cidr-blocks" in boot and 'args+=(--trusted-proxy "$network")' in boot
+    watched = spec_from_dict({**SPEC, "monitoring_cidr": "192.0.2.0/28"})
+    _, app = render(watched, "app")
+    assert node_env(app)["ALLOWED_NETWORKS"].split() == ["198.51.100.0/24", "192.0.2.0/28"]
     _, balancer = render(spec, "balancer")
     assert node_env(balancer)["APP_SERVERS"].split() == ["10.0.1.5:8080", "10.0.2.6:8080"]
 
