@@ -89,6 +89,19 @@ def make_dataset(spec: Spec) -> Dataset:
     return ds
 
 
+def write_oversized(path: Path, patient_id: str = "BIG") -> tuple[Dataset, list[str]]:
+    """An instance whose DICOM JSON is larger than a MongoDB document (~16 MiB of private
+    text), and those texts."""
+    ds = make_dataset(Spec(patient_id=patient_id))
+    block = ds.private_block(0x0013, "CLOUDPACS BIG", create=True)
+    big_values = ["x" * (4 * 1024 * 1024 + i) for i in range(4)]
+    for i, value in enumerate(big_values):
+        block.add_new(0x10 + i, "UT", value)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    ds.save_as(path, enforce_file_format=True)
+    return ds, big_values
+
+
 def write_instance(path: Path, spec: Spec | None = None, **changes: Any) -> Spec:
     spec = spec or Spec(**changes)
     path.parent.mkdir(parents=True, exist_ok=True)

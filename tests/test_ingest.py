@@ -19,7 +19,7 @@ from cloudpacs.metrics import Metrics
 from cloudpacs.runtime import Runtime, build_runtime
 from cloudpacs.storage.database import open_database
 from tests.conftest import free_port
-from tests.factory import Spec, make_dataset, pydicom_test_files, write_instance
+from tests.factory import Spec, make_dataset, pydicom_test_files, write_instance, write_oversized
 
 SOURCE = Source("test")
 
@@ -147,13 +147,8 @@ async def test_rejections_leave_nothing_behind(runtime: Runtime, tmp_path: Path)
 async def test_metadata_larger_than_a_document_is_stored_and_served(
     runtime: Runtime, client: Any, tmp_path: Path
 ) -> None:
-    ds = make_dataset(Spec(patient_id="BIG"))
-    block = ds.private_block(0x0013, "CLOUDPACS BIG", create=True)
-    big_values = ["x" * (4 * 1024 * 1024 + i) for i in range(4)]  # ~16 MiB of text
-    for i, value in enumerate(big_values):
-        block.add_new(0x10 + i, "UT", value)
     path = tmp_path / "big.dcm"
-    ds.save_as(path, enforce_file_format=True)
+    ds, big_values = write_oversized(path)
     result = await runtime.ingestor.ingest(path, SOURCE)
     assert result.outcome is Outcome.STORED, result.reason
     doc = await runtime.database.db.instances.find_one({"_id": ds.SOPInstanceUID})

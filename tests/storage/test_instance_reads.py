@@ -14,7 +14,7 @@ from cloudpacs.runtime import Runtime
 from cloudpacs.search import Scope
 from cloudpacs.storage import documents
 from cloudpacs.storage.sweep import sweep
-from tests.factory import Spec, make_dataset, write_instance, write_study
+from tests.factory import write_instance, write_oversized, write_study
 from tests.storage.listening import listened_store
 
 BASE = "http://archive/dicomweb"
@@ -109,12 +109,7 @@ async def test_reads_use_read_documents_only_and_fall_back_until_a_sweep_rebuild
 async def test_an_oversized_instance_reads_its_full_metadata_from_its_file(
     runtime: Runtime, tmp_path: Path
 ) -> None:
-    ds = make_dataset(Spec(patient_id="BIG"))
-    block = ds.private_block(0x0013, "CLOUDPACS BIG", create=True)
-    big_values = ["x" * (4 * 1024 * 1024 + i) for i in range(4)]  # ~16 MiB of text
-    for i, value in enumerate(big_values):
-        block.add_new(0x10 + i, "UT", value)
-    ds.save_as(tmp_path / "big.dcm", enforce_file_format=True)
+    ds, big_values = write_oversized(tmp_path / "big.dcm")
     await _ingest(runtime, tmp_path / "big.dcm")
     read = await runtime.database.db.instance_reads.find_one({"_id": ds.SOPInstanceUID})
     assert read is not None and read.get("meta_file_id") is not None
