@@ -483,13 +483,17 @@ class InstanceStore:
         only. None where a scan serves better: on MongoDB (its indexes answer), before the
         index is built, when no match can be looked up, or when checking the candidates
         would cost more than scanning the search documents."""
+        if not any(study_index.indexable(m) for m in matches):
+            return None
         if not await self._in_scans() or not await self._index_built():
             return None
-        candidates = await self.study_index.candidates(matches)
+        entered = await self._studies_entered()
+        # reading an entry costs about what checking a candidate does
+        budget = None if entered is None or not SCANS_PER_CHECK else entered // SCANS_PER_CHECK
+        candidates = await self.study_index.candidates(matches, budget)
         if candidates is None:
             return None
         ordered, wanted = sorted(candidates), skip + limit
-        entered = await self._studies_entered()
         if entered is not None and min(len(ordered), wanted) * SCANS_PER_CHECK > entered:
             return None
         found: list[dict[str, Any]] = []

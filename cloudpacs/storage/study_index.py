@@ -145,6 +145,16 @@ def _covering(start: Month, end: Month) -> list[str]:
     return out
 
 
+def indexable(match: Match) -> bool:
+    """Whether the entries (or the UIDs themselves) can tell the studies `match` finds."""
+    exact = match.kind in (MatchKind.SINGLE, MatchKind.LIST)
+    if match.tag == t.PATIENT_NAME and match.kind is not MatchKind.RANGE:
+        return name_entries(match) is not None
+    return match.tag == t.STUDY_DATE or (
+        exact and match.tag in {t.STUDY_INSTANCE_UID, t.MODALITIES_IN_STUDY, *EXACT_KEYS}
+    )
+
+
 class StudyIndex:
     def __init__(self, entries: Any, locks: Locks) -> None:
         self.entries = entries  # the study_lookup collection
@@ -181,33 +191,43 @@ class StudyIndex:
         docs = await self._lookup([STATS_ID])
         return int(docs[0].get("studies", 0)) if docs else None
 
-    async def candidates(self, matches: Sequence[Match]) -> set[str] | None:
+    async def candidates(
+        self, matches: Sequence[Match], max_entries: int | None = None
+    ) -> set[str] | None:
         """UIDs of the studies that may match all of `matches` (a superset: check them), or
-        None when no match can be answered from the entries."""
-        found: list[set[str]] = []
+        None when no match can be answered from the entries, or when that would take more
+        than `max_entries` entries (a scan then costs less)."""
+        direct: list[set[str]] = []
+        wanted: list[list[str]] = []
         for match in matches:
-            uids = await self._match_candidates(match)
-            if uids is not None:
-                found.append(uids)
-        return set.intersection(*found) if found else None
-
-    async def _match_candidates(self, match: Match) -> set[str] | None:
-        exact = match.kind in (MatchKind.SINGLE, MatchKind.LIST)
-        if match.tag == t.STUDY_INSTANCE_UID and exact:
-            return set(match.values)
-        entry_ids: list[str] | None = None
-        if match.tag in EXACT_KEYS and exact:
-            entry_ids = [exact_id(EXACT_KEYS[match.tag], v) for v in match.values]
-        elif match.tag == t.MODALITIES_IN_STUDY and exact:
-            entry_ids = [f"modality:{v}" for v in match.values]
-        elif match.tag == t.PATIENT_NAME and match.kind is not MatchKind.RANGE:
-            entry_ids = name_entries(match)
-        elif match.tag == t.STUDY_DATE:
-            entry_ids = date_entries(match, await self._decades() if not exact else [])
-        if entry_ids is None:
+            if match.tag == t.STUDY_INSTANCE_UID and match.kind is not MatchKind.WILDCARD:
+                direct.append(set(match.values))
+                continue
+            entry_ids = await self._entries_for(match)
+            if entry_ids is not None:
+                wanted.append(entry_ids)
+        if not direct and not wanted:
             return None
-        docs = await self._lookup(entry_ids)
-        return {uid for doc in docs for uid in doc.get("studies", [])}
+        if max_entries is not None and not direct and sum(map(len, wanted)) > max_entries:
+            return None
+        found = list(direct)
+        for entry_ids in wanted:
+            docs = await self._lookup(entry_ids)
+            found.append({uid for doc in docs for uid in doc.get("studies", [])})
+        return set.intersection(*found)
+
+    async def _entries_for(self, match: Match) -> list[str] | None:
+        """The entries that hold every study `match` can find; None if none can tell."""
+        exact = match.kind in (MatchKind.SINGLE, MatchKind.LIST)
+        if match.tag in EXACT_KEYS and exact:
+            return [exact_id(EXACT_KEYS[match.tag], v) for v in match.values]
+        if match.tag == t.MODALITIES_IN_STUDY and exact:
+            return [f"modality:{v}" for v in match.values]
+        if match.tag == t.PATIENT_NAME and match.kind is not MatchKind.RANGE:
+            return name_entries(match)
+        if match.tag == t.STUDY_DATE:
+            return date_entries(match, await self._decades() if not exact else [])
+        return None
 
     async def _decades(self) -> list[str]:
         docs = await self._lookup([STATS_ID])
