@@ -36,7 +36,7 @@ from cloudpacs.storage.database import Database, open_database
 from cloudpacs.storage.instances import InstanceStore, utcnow
 from cloudpacs.storage.locks import Locks
 from cloudpacs.storage.schema import CHECKPOINTS, INSTANCES, LOCKS, STUDY_LOOKUP
-from cloudpacs.storage.study_index import StudyIndex
+from cloudpacs.storage.study_index import STATS_ID, StudyIndex
 
 PROJECT = "default"  # cloudpacs's default project (settings.default_project)
 SOURCE_KIND = "import"  # what `cloudpacs import` records as the source
@@ -110,7 +110,7 @@ class DirectLoader:
                 continue
             copies = await scratch[name].find({}).to_list(None)
             if name == STUDY_LOOKUP:  # entries are shared by many studies: entered under a lock
-                entries = [entry["_id"] for entry in copies if "studies" in entry]
+                entries = [entry["_id"] for entry in copies if entry["_id"] != STATS_ID]
                 decades = [v for entry in copies for v in entry.get("decades", [])]
                 decade = decades[0] if decades else None
                 await self.index.enter(study, entries, decade, new=True)

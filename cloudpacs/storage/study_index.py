@@ -10,7 +10,7 @@ entries of `study_lookup` by `_id` and check only the studies those name:
   date:<YYY> / date:<YYYY> / date:<YYYYMM>      decade, year and month of StudyDate
   modality:<m>                                  each modality in the study
   study_index:stats                             `decades` present (bounding open date
-                                                ranges) and `studies` entered (for plans)
+                                                ranges) and studies `entered` (for plans)
 
 An entry is only ever added to (a study whose keys change keeps its old entries), so it may
 name studies that no longer match: callers check every candidate (storage.evaluate). FerretDB
@@ -179,7 +179,7 @@ class StudyIndex:
             for key, uids in by_entry.items()
         ]
         decades = sorted({item.decade for item in items if item.decade})
-        stats: dict[str, Any] = {"$inc": {"studies": sum(item.new for item in items)}}
+        stats: dict[str, Any] = {"$inc": {"entered": sum(item.new for item in items)}}
         if decades:
             stats["$addToSet"] = {"decades": {"$each": decades}}
         updates.append(UpdateOne({"_id": STATS_ID}, stats, upsert=True))
@@ -189,7 +189,7 @@ class StudyIndex:
     async def studies_entered(self) -> int | None:
         """How many studies were entered (deleted ones included): what a scan would read."""
         docs = await self._lookup([STATS_ID])
-        return int(docs[0].get("studies", 0)) if docs else None
+        return int(docs[0].get("entered", 0)) if docs else None
 
     async def candidates(
         self, matches: Sequence[Match], max_entries: int | None = None

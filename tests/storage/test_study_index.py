@@ -205,7 +205,7 @@ async def test_concurrent_new_studies_all_enter_the_shared_entries(
     entry = await runtime.database.db.study_lookup.find_one({"_id": "modality:US"})
     assert entry is not None and sorted(entry["studies"]) == sorted(s.study_uid for s in specs)
     stats = await runtime.database.db.study_lookup.find_one({"_id": "study_index:stats"})
-    assert stats is not None and stats["studies"] == 20 and stats["decades"] == ["202"]
+    assert stats is not None and stats["entered"] == 20 and stats["decades"] == ["202"]
     async with listened_store(runtime) as (indexed, listener):
         assert len(await search(indexed, [("PatientName", "MAN*")])) == 20
         assert by_id_only(listener.finds)
