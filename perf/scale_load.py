@@ -35,14 +35,20 @@ from cloudpacs.storage import documents
 from cloudpacs.storage.database import Database, open_database
 from cloudpacs.storage.instances import InstanceStore, utcnow
 from cloudpacs.storage.locks import Locks
-from cloudpacs.storage.schema import CHECKPOINTS, INSTANCES, LOCKS, STUDY_LOOKUP
+from cloudpacs.storage.schema import (
+    CHECKPOINTS,
+    INSTANCE_READS,
+    INSTANCES,
+    LOCKS,
+    STUDY_LOOKUP,
+)
 from cloudpacs.storage.study_index import STATS_ID, StudyIndex
 
 PROJECT = "default"  # cloudpacs's default project (settings.default_project)
 SOURCE_KIND = "import"  # what `cloudpacs import` records as the source
 STAGING = "scale_staging"
 # Fields that differ between two stores of the same file (times, GridFS file ids).
-VOLATILE = {"ingested_at", "updated_at", "at", "file_id", "expires_at"}
+VOLATILE = {"ingested_at", "updated_at", "at", "file_id", "expires_at", "rev"}
 # Collections of the write path's machinery, not of the stored archive.
 NOT_ARCHIVE = {LOCKS, "uploads", "fs.files", "fs.chunks", "checkpoints", "rejections"}
 
@@ -114,6 +120,8 @@ class DirectLoader:
                 decades = [v for entry in copies for v in entry.get("decades", [])]
                 decade = decades[0] if decades else None
                 await self.index.enter(study, entries, decade, new=True)
+            elif name == INSTANCE_READS:  # from the full documents, not the reduced ones
+                await self.main.db[name].insert_many([documents.instance_read(d) for d in docs])
             elif copies:
                 await self.main.db[name].insert_many(copies, ordered=False)
 
