@@ -75,14 +75,16 @@ class SearchService:
         conditions = [_on(m, STUDY_KEYS) for m in own] + [scope.project_filter()]
         docs = None
         if not other and all(m.tag in STUDY_KEYS for m in own):  # the study index may tell
-            docs = await self.store.indexed_studies(
+            docs = await self.store.study_searches.indexed(
                 own, _and(conditions), query.offset, query.limit
             )
         if other:
             studies = await self._distinct_instances("study", other, scope.project_filter())
             conditions.append({"_id": {"$in": studies}})
         if docs is None and all(m.tag in STUDY_KEYS for m in own):  # slim documents suffice
-            docs = await self.store.searched_studies(_and(conditions), query.offset, query.limit)
+            docs = await self.store.study_searches.scanned(
+                _and(conditions), query.offset, query.limit
+            )
         if docs is None:
             docs = await self.store.find(
                 STUDIES, _and(conditions), sort=[("_id", 1)], skip=query.offset, limit=query.limit

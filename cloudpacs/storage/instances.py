@@ -18,7 +18,6 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import time
 from collections.abc import AsyncIterator, Sequence
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -28,8 +27,7 @@ from bson import ObjectId
 from pymongo import ReturnDocument
 from pymongo.errors import BulkWriteError, DuplicateKeyError
 
-from cloudpacs.dicom.matching import Match
-from cloudpacs.storage import documents, evaluate, study_index
+from cloudpacs.storage import documents, study_index
 from cloudpacs.storage.database import Database, translate_errors
 from cloudpacs.storage.file_stores import FileStore
 from cloudpacs.storage.files import GridFSFiles, new_file_id
@@ -38,7 +36,6 @@ from cloudpacs.storage.insert_batches import InsertBatches
 from cloudpacs.storage.kept_metadata import SeriesMetadataKeeper
 from cloudpacs.storage.locks import Locks
 from cloudpacs.storage.schema import (
-    CHECKPOINTS,
     FILES_BUCKET,
     INSTANCE_READS,
     INSTANCES,
@@ -49,26 +46,17 @@ from cloudpacs.storage.schema import (
     SERIES_MEMBERS,
     STUDIES,
     STUDY_LOOKUP,
-    STUDY_LOOKUP_READY,
     STUDY_PROJECTS,
     STUDY_SEARCH,
-    STUDY_SEARCH_READY,
     UPLOADS,
 )
 from cloudpacs.storage.study_index import StudyIndex
+from cloudpacs.storage.study_searches import StudySearches
 
 UPSERT_RETRIES = 3
 DUPLICATE_KEY = 11000
 FILE_KEYS = ("file_id", "meta_file_id")  # the stored files an instance document names
 LOOKUPS_AT_ONCE = 16  # concurrent lookups by _id where a `$in` would scan (FerretDB)
-# Study index candidates are checked this many at a time, up to about this many in all
-# (beyond, one scan of the search documents costs less than the lookups: perf/RESULTS.md).
-CHECKS_AT_ONCE = 64
-MAX_CHECKS = 3000
-# Checking one candidate (a study rollup by _id) costs FerretDB about as much as scanning this
-# many search documents (perf/RESULTS.md): below that, a scan is cheaper than the index.
-SCANS_PER_CHECK = 8
-STATS_SECONDS = 5.0
 
 
 log = logging.getLogger(__name__)
@@ -108,12 +96,9 @@ class InstanceStore:
         self.locks = Locks(self.db[LOCKS], utcnow)
         self.study_index = StudyIndex(self.lookup, self.locks)
         self.kept_metadata = SeriesMetadataKeeper(self.db[KEPT_METADATA], self.series, self.locks)
+        self.study_searches = StudySearches(self, self.study_index)
         self._database = database
         self._ferretdb: bool | None = None  # learnt from the server on first use
-        self._index_ready = False
-        self._entered: int | None = None
-        self._entered_at: float | None = None
-        self._search_ready = False
         # the new instances of a study arriving meanwhile are counted in together
         self._rollups: GroupCommit[dict[str, Any], None] = GroupCommit(self._apply_rollups)
         # concurrent ingests' journal entries and documents go in together (one transaction)
@@ -297,7 +282,7 @@ class InstanceStore:
         self, doc: dict[str, Any], modalities: Sequence[str], new: bool = False
     ) -> None:
         """Name a study (from its first instance) in the study index; only on FerretDB."""
-        if await self._in_scans():
+        if await self.in_scans():
             entries = study_index.entries_of(doc, modalities)
             decade = study_index.decade_of(doc)
             await self.study_index.enter(doc["study"], entries, decade, new)
@@ -456,7 +441,7 @@ class InstanceStore:
         a time; MongoDB gets one `$in` on its `_id` index."""
         if not ids:
             return []
-        if await self._in_scans():
+        if await self.in_scans():
             gate = asyncio.Semaphore(LOOKUPS_AT_ONCE)
 
             async def one(key: Any) -> list[dict[str, Any]]:
@@ -470,75 +455,11 @@ class InstanceStore:
             found = {doc["_id"]: doc for doc in docs}
         return [found[key] for key in ids if key in found]
 
-    async def _in_scans(self) -> bool:
+    async def in_scans(self) -> bool:
+        """Whether a filter beside a lone `_id` scans the collection (FerretDB)."""
         if self._ferretdb is None:
             self._ferretdb = (await self._database.server_info()).ferretdb
         return self._ferretdb
-
-    async def indexed_studies(
-        self, matches: Sequence[Match], query: dict[str, Any], skip: int, limit: int
-    ) -> list[dict[str, Any]] | None:
-        """The study rollups matching `query` (on the study keys and the project), in UID
-        order, found through the study index (storage.study_index) with lookups by `_id`
-        only. None where a scan serves better: on MongoDB (its indexes answer), before the
-        index is built, when no match can be looked up, or when checking the candidates
-        would cost more than scanning the search documents."""
-        if not any(study_index.indexable(m) for m in matches):
-            return None
-        if not await self._in_scans() or not await self._index_built():
-            return None
-        entered = await self._studies_entered()
-        # reading an entry costs about what checking a candidate does
-        budget = None if entered is None or not SCANS_PER_CHECK else entered // SCANS_PER_CHECK
-        candidates = await self.study_index.candidates(matches, budget)
-        if candidates is None:
-            return None
-        ordered, wanted = sorted(candidates), skip + limit
-        if entered is not None and min(len(ordered), wanted) * SCANS_PER_CHECK > entered:
-            return None
-        found: list[dict[str, Any]] = []
-        checked = 0
-        while checked < len(ordered) and len(found) < wanted:
-            batch = min(CHECKS_AT_ONCE, max(LOOKUPS_AT_ONCE, wanted - len(found)))
-            docs = await self.by_ids(STUDIES, ordered[checked : checked + batch])
-            checked += batch
-            try:
-                found += [doc for doc in docs if evaluate.matches(doc, query)]
-            except evaluate.Unsupported:
-                return None
-            expected = checked + (wanted - len(found)) * checked / max(len(found), 1)
-            if len(found) < wanted and min(expected, len(ordered)) > MAX_CHECKS:
-                return None
-        return found[skip:wanted]
-
-    async def _studies_entered(self) -> int | None:
-        """The number of studies in the index, read at most every few seconds (for plans)."""
-        now = time.monotonic()
-        if self._entered_at is None or now - self._entered_at > STATS_SECONDS:
-            self._entered = await self.study_index.studies_entered()
-            self._entered_at = now
-        return self._entered
-
-    async def _index_built(self) -> bool:
-        if not self._index_ready:
-            ready = [STUDY_LOOKUP_READY["_id"], STUDY_SEARCH_READY["_id"]]
-            self._index_ready = len(await self.by_ids(CHECKPOINTS, ready)) == 2
-        return self._index_ready
-
-    async def searched_studies(
-        self, query: dict[str, Any], skip: int, limit: int
-    ) -> list[dict[str, Any]] | None:
-        """The study rollups matching `query` on the search keys (documents.SEARCH_KEYS), in
-        UID order: the query scans the slim `study_search` documents, and only the page is
-        read from `studies`. None until every study has its search document."""
-        if not self._search_ready:
-            self._search_ready = bool(await self.by_ids(CHECKPOINTS, [STUDY_SEARCH_READY["_id"]]))
-            if not self._search_ready:
-                return None
-        found = await self.find(
-            STUDY_SEARCH, query, projection={"_id": 1}, sort=[("_id", 1)], skip=skip, limit=limit
-        )
-        return await self.by_ids(STUDIES, [doc["_id"] for doc in found])
 
     async def series_of(self, study_uid: str) -> list[str] | None:
         """The series UIDs of a study from its rollup; None if the study has no list (it was

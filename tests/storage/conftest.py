@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import pytest
 
-from cloudpacs.storage import instances
+from cloudpacs.storage import study_searches
 
 
 @pytest.fixture
 def index_always(monkeypatch: pytest.MonkeyPatch) -> None:
     """Study searches use the study index whatever the plan says (the archives of these
     tests are small enough for a scan to be cheaper)."""
-    monkeypatch.setattr(instances, "SCANS_PER_CHECK", 0)
+    monkeypatch.setattr(study_searches, "SCANS_PER_CHECK", 0)
