@@ -24,7 +24,6 @@ import asyncio
 import json
 import os
 import statistics
-import subprocess
 import sys
 import time
 import urllib.request
@@ -38,6 +37,7 @@ from benchlib import (
     REPO,
     Server,
     cpu_seconds,
+    create_token,
     free_port,
     machine,
     run_ab,
@@ -73,20 +73,6 @@ def serve(home: Path, uri: str, database: str, env: dict[str, str]) -> Server:
     argv += ["--http", f"127.0.0.1:{port}"]
     env = {"CLOUDPACS_MONGO_URI": uri, "CLOUDPACS_DATABASE": database, **env}
     return when_ready(spawn("cloudpacs", argv, port, home / "serve.log", env))
-
-
-def create_token(uri: str, database: str, home: Path) -> str:
-    """`cloudpacs tokens create` run by this interpreter (so from any checkout or worktree)."""
-    env = {
-        **os.environ,
-        "CLOUDPACS_MONGO_URI": uri,
-        "CLOUDPACS_DATABASE": database,
-        "CLOUDPACS_HOME": str(home),
-    }
-    argv = [sys.executable, "-m", "cloudpacs", "tokens", "create", "--subject", "bench"]
-    argv += ["--grant", "*=contributor", "--days", "1"]
-    done = subprocess.run(argv, env=env, capture_output=True, text=True, check=True, cwd=REPO)
-    return done.stdout.strip().splitlines()[-1]
 
 
 def one_round(

@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import os
 import statistics
 import subprocess
 import sys
@@ -31,9 +30,9 @@ from bench_context import DICOM_ACCEPT, JSON_ACCEPT
 from benchlib import (
     OUT,
     REPO,
-    VENV_BIN,
     Server,
     cpu_seconds,
+    create_token,
     free_port,
     machine,
     run_ab,
@@ -59,33 +58,6 @@ def start_serve(mode: str, code: Path, home: Path, uri: str, database: str) -> S
         env["CLOUDPACS_AUTH_REQUIRED"] = "true"
     server = spawn(f"cloudpacs-{mode}", argv, port, home / "serve.log", env)
     return when_ready(server)
-
-
-def create_token(uri: str, database: str, home: Path) -> str:
-    env = {
-        **os.environ,
-        "CLOUDPACS_MONGO_URI": uri,
-        "CLOUDPACS_DATABASE": database,
-        "CLOUDPACS_HOME": str(home),
-    }
-    done = subprocess.run(
-        [
-            str(VENV_BIN / "cloudpacs"),
-            "tokens",
-            "create",
-            "--subject",
-            "bench",
-            "--grant",
-            "*=contributor",
-            "--days",
-            "1",
-        ],
-        env=env,
-        capture_output=True,
-        text=True,
-        check=True,
-    )
-    return done.stdout.strip().splitlines()[-1]
 
 
 async def stow(url: str, files: list[Path], clients: int, headers: dict[str, str]) -> float:

@@ -13,6 +13,7 @@ import shlex
 import signal
 import socket
 import subprocess
+import sys
 import threading
 import time
 import urllib.request
@@ -512,3 +513,17 @@ def machine() -> dict[str, Any]:
 
 def fmt(value: float, digits: int = 1) -> str:
     return f"{value:,.{digits}f}"
+
+
+def create_token(uri: str, database: str, home: Path) -> str:
+    """`cloudpacs tokens create` run by this interpreter (so from any checkout or worktree)."""
+    env = {
+        **os.environ,
+        "CLOUDPACS_MONGO_URI": uri,
+        "CLOUDPACS_DATABASE": database,
+        "CLOUDPACS_HOME": str(home),
+    }
+    argv = [sys.executable, "-m", "cloudpacs", "tokens", "create", "--subject", "bench"]
+    argv += ["--grant", "*=contributor", "--days", "1"]
+    done = subprocess.run(argv, env=env, capture_output=True, text=True, check=True, cwd=REPO)
+    return done.stdout.strip().splitlines()[-1]
