@@ -35,7 +35,7 @@ KEPT_METADATA = "kept_metadata"  # series metadata kept rendered (storage.kept_m
 # "modality:CT", ... -> UIDs of the studies with it (storage.study_index)
 STUDY_LOOKUP = "study_lookup"
 # in CHECKPOINTS once every study is in (2: with the name, date and modality entries)
-STUDY_LOOKUP_READY = {"_id": "index:study_lookup:2"}
+STUDY_LOOKUP_READY = {"_id": "index:study_lookup:3"}
 # per study, only the keys a study search filters on: FerretDB answers a search by decoding
 # every document it scans, and these are a fifth of the size of the study rollups
 STUDY_SEARCH = "study_search"
@@ -194,6 +194,9 @@ async def _fill_study_index(db: Any) -> list[str]:
     if await db[CHECKPOINTS].find_one(STUDY_LOOKUP_READY):
         return []
     index = study_index.StudyIndex(db[STUDY_LOOKUP], Locks(db[LOCKS], lambda: datetime.now(UTC)))
+    # a rebuild enters every study again: its count starts over (a study ingested meanwhile
+    # by another node may count twice; the count only guides search plans)
+    await index.reset_count()
     fields = {key: 1 for key in (*study_index.EXACT_KEYS.values(), "patient_name", "study_date")}
     count = 0
     pending: list[Any] = []

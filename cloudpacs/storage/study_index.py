@@ -5,8 +5,10 @@ document of the collection. So on FerretDB, study searches on the common keys re
 entries of `study_lookup` by `_id` and check only the studies those name:
 
   patient_id=<value>, accession=<value>         exact values
-  name:<p>                                      the first 1, 2 and 3 characters of each
-                                                PatientName group (upper-cased)
+  name:<p>                                      prefixes of each PatientName group
+                                                (upper-cased): its first 1, 2 and 3
+                                                characters, and 1, 2 and 3 characters
+                                                past each `^` (`SMITH^G`, `SMITH^GR`)
   date:<YYY> / date:<YYYY> / date:<YYYYMM>      decade, year and month of StudyDate
   modality:<m>                                  each modality in the study
   study_index:stats                             `decades` present (bounding open date
@@ -36,7 +38,11 @@ from cloudpacs.dicom.matching import Match, MatchKind
 from cloudpacs.storage.group_commit import GroupCommit
 from cloudpacs.storage.locks import Locks
 
+# Prefix lengths entered for a name group: 1-3 characters, and 1-3 past each component
+# separator, so a search for `FAMILY^GI*` reads the entry of its family and given initials
+# rather than of every patient whose family name starts with `FAM`.
 NAME_PREFIXES = (1, 2, 3)
+COMPONENT = "^"
 STATS_ID = "study_index:stats"
 LOCK_NAME = "study-index"
 LOOKUPS_AT_ONCE = 16
@@ -60,7 +66,7 @@ def entries_of(study: dict[str, Any], modalities: Iterable[str]) -> list[str]:
     """The entries a study belongs in, from its keys (a rollup or its first instance)."""
     out = [exact_id(key, study[key]) for key in EXACT_KEYS.values() if study.get(key)]
     for group in _groups(study.get("patient_name")):
-        out += [f"name:{group[:n]}" for n in NAME_PREFIXES if len(group) >= n]
+        out += [f"name:{group[:n]}" for n in name_prefix_lengths(group)]
     date = study.get("study_date")
     if isinstance(date, datetime):
         out += [_decade(date.year), _year(date.year), _month((date.year, date.month))]
@@ -91,6 +97,15 @@ def _month(month: Month) -> str:
     return f"date:{month[0]:04d}{month[1]:02d}"
 
 
+def name_prefix_lengths(text: str) -> list[int]:
+    """The prefix lengths of `text` that are entered. They depend only on the characters
+    before each length, so every name starting with a literal prefix has that prefix's
+    longest entered length too."""
+    starts = [0] + [i + 1 for i, char in enumerate(text) if char == COMPONENT]
+    lengths = {start + n for start in starts for n in NAME_PREFIXES}
+    return sorted(n for n in lengths if n <= len(text))
+
+
 def name_entries(match: Match) -> list[str] | None:
     """Entries holding every study a PatientName match can find; None if none can tell."""
     out = []
@@ -99,7 +114,7 @@ def name_entries(match: Match) -> list[str] | None:
         prefix = _literal_prefix(text) if match.kind is MatchKind.WILDCARD else text
         if not prefix:
             return None
-        out.append(f"name:{prefix[: NAME_PREFIXES[-1]]}")
+        out.append(f"name:{prefix[: name_prefix_lengths(prefix)[-1]]}")
     return out
 
 
@@ -185,6 +200,10 @@ class StudyIndex:
         updates.append(UpdateOne({"_id": STATS_ID}, stats, upsert=True))
         async with self.locks.hold(LOCK_NAME):
             await self.entries.bulk_write(updates, ordered=True)
+
+    async def reset_count(self) -> None:
+        async with self.locks.hold(LOCK_NAME):
+            await self.entries.update_one({"_id": STATS_ID}, {"$set": {"entered": 0}})
 
     async def studies_entered(self) -> int | None:
         """How many studies were entered (deleted ones included): what a scan would read."""

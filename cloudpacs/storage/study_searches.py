@@ -26,8 +26,9 @@ if TYPE_CHECKING:
 # (beyond, one scan of the search documents costs less than the lookups: perf/RESULTS.md).
 CHECKS_AT_ONCE = 64
 MAX_CHECKS = 3000
-# Checking one candidate (a study rollup by _id) costs FerretDB about as much as scanning this
-# many search documents (perf/RESULTS.md): below that, a scan is cheaper than the index.
+# Checking one candidate (its search document by _id) costs FerretDB about as much CPU as
+# scanning this many search documents (perf/bench_study_plan.py: 9.3 at 1 request at a time,
+# 5.2 at 16): below that, a scan is cheaper than the index.
 SCANS_PER_CHECK = 8
 STATS_SECONDS = 5.0
 
@@ -62,20 +63,22 @@ class StudySearches:
         ordered, wanted = sorted(candidates), skip + limit
         if entered is not None and min(len(ordered), wanted) * SCANS_PER_CHECK > entered:
             return None
-        found: list[dict[str, Any]] = []
+        found: list[str] = []
         checked = 0
         while checked < len(ordered) and len(found) < wanted:
             batch = min(CHECKS_AT_ONCE, max(LOOKUPS_AT_ONCE, wanted - len(found)))
-            docs = await self.store.by_ids(STUDIES, ordered[checked : checked + batch])
+            # candidates are checked on their slim search documents, the page read from
+            # the rollups, as a scan does
+            docs = await self.store.by_ids(STUDY_SEARCH, ordered[checked : checked + batch])
             checked += batch
             try:
-                found += [doc for doc in docs if evaluate.matches(doc, query)]
+                found += [doc["_id"] for doc in docs if evaluate.matches(doc, query)]
             except evaluate.Unsupported:
                 return None
             expected = checked + (wanted - len(found)) * checked / max(len(found), 1)
             if len(found) < wanted and min(expected, len(ordered)) > MAX_CHECKS:
                 return None
-        return found[skip:wanted]
+        return await self.store.by_ids(STUDIES, found[skip:wanted])
 
     async def _studies_entered(self) -> int | None:
         """The number of studies in the index, read at most every few seconds (for plans)."""

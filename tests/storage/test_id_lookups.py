@@ -179,7 +179,7 @@ async def test_archives_from_before_the_lookup_get_it_built_once(
     specs = await _store_study(runtime, tmp_path, patient_id="OLD1")
     db = runtime.database.db
     await db.study_lookup.delete_many({})
-    await db.checkpoints.delete_one({"_id": "index:study_lookup:2"})
+    await db.checkpoints.delete_one({"_id": "index:study_lookup:3"})
     async with listened_store(runtime) as (store, listener):
         # not ready: the search scans, and still finds the study
         assert await _study_search(store, [("PatientID", "OLD1")]) == [specs[0].study_uid]
@@ -191,6 +191,11 @@ async def test_archives_from_before_the_lookup_get_it_built_once(
             "studies": [specs[0].study_uid],
         }
         assert "study index built" not in " ".join(await init_schema(runtime.database))
+        # a rebuild (a newer index version) counts every study once, not once more
+        await db.checkpoints.delete_one({"_id": "index:study_lookup:3"})
+        assert "study index built for 1 studies" in await init_schema(runtime.database)
+        stats = await db.study_lookup.find_one({"_id": "study_index:stats"})
+        assert stats is not None and stats["entered"] == 1
         listener.filters.clear()
         assert await _study_search(store, [("PatientID", "OLD1")]) == [specs[0].study_uid]
         assert by_id_only(listener.filters), listener.filters

@@ -23,7 +23,7 @@ from tests.factory import Spec, write_instance
 from tests.storage.listening import listened_store
 
 BASE = "http://archive/dicomweb"
-READY = "index:study_lookup:2"
+READY = "index:study_lookup:3"
 
 
 def test_date_ranges_are_covered_by_the_fewest_decades_years_and_months() -> None:
@@ -65,6 +65,9 @@ def test_a_study_is_entered_under_its_keys() -> None:
         "name:S",
         "name:SM",
         "name:SMI",
+        "name:SMITH^A",
+        "name:SMITH^AN",
+        "name:SMITH^ANN",
         "date:202",
         "date:2024",
         "date:202403",
@@ -73,6 +76,22 @@ def test_a_study_is_entered_under_its_keys() -> None:
     ]
     assert study_index.decade_of(study) == "202"
     assert study_index.entries_of({"patient_name": [""]}, []) == []
+
+
+def test_every_name_with_a_literal_prefix_is_in_the_entry_a_search_for_it_reads() -> None:
+    rng = random.Random(3)
+    alphabet = "AB^"
+    for _ in range(500):
+        name = "".join(rng.choice(alphabet) for _ in range(rng.randint(1, 12)))
+        stored = set(study_index.entries_of({"patient_name": [name]}, []))
+        for end in range(1, len(name) + 1):
+            (match,) = parse_query([("PatientName", name[:end] + "*")]).matches
+            (entry,) = study_index.name_entries(match) or [None]
+            assert entry in stored, (name, end, entry)
+    (family_and_initials,) = parse_query([("PatientName", "GARCIA^GR*")]).matches
+    assert study_index.name_entries(family_and_initials) == ["name:GARCIA^GR"]
+    (family_only,) = parse_query([("PatientName", "GARC*")]).matches
+    assert study_index.name_entries(family_only) == ["name:GAR"]
 
 
 async def store(runtime: Runtime, path: Path, **spec: Any) -> Spec:
