@@ -21,7 +21,7 @@ from typing import Any
 from cloudpacs.errors import Unavailable
 from cloudpacs.metrics import Metrics
 from cloudpacs.storage.audit import AuditStore
-from cloudpacs.storage.instances import utcnow
+from cloudpacs.storage.clock import utcnow
 
 log = logging.getLogger(__name__)
 

@@ -36,7 +36,7 @@ from cloudpacs.projects import check_project_name
 from cloudpacs.runtime import Runtime, open_runtime
 from cloudpacs.storage.audit import AuditStore
 from cloudpacs.storage.checkpoints import CheckpointStore
-from cloudpacs.storage.instances import utcnow
+from cloudpacs.storage.clock import utcnow
 from cloudpacs.storage.sharding import shard_archive
 from cloudpacs.storage.sweep import sweep
 

@@ -29,7 +29,8 @@ from cloudpacs.metrics import Metrics
 from cloudpacs.parsing import Parser, ThreadParser
 from cloudpacs.projects import is_project_name
 from cloudpacs.storage import documents
-from cloudpacs.storage.instances import AlreadyStored, InstanceStore, utcnow
+from cloudpacs.storage.clock import utcnow
+from cloudpacs.storage.instances import AlreadyStored, InstanceStore
 
 log = logging.getLogger(__name__)
 R = TypeVar("R", bound=Rejected)

@@ -11,17 +11,12 @@ without the DICOM JSON, and as read documents (the DICOM JSON as one string), th
 from __future__ import annotations
 
 import asyncio
-import os
-import shutil
-import subprocess
 import sys
-import tempfile
 import time
 from datetime import UTC, datetime
-from pathlib import Path
 
 import bson
-from benchlib import REPO, free_port
+from benchlib import REPO, cpu_seconds, scratch_ferretdb
 from pymongo import AsyncMongoClient
 
 from cloudpacs.dicom.parse import parse_file
@@ -30,11 +25,6 @@ from cloudpacs.storage import documents
 
 CORPUS = REPO / "perf" / "out" / "corpus-n1000-p20-s7" / "dicom"
 PROJECTION = {"file_id": 1, "transfer_syntax": 1, "study": 1, "series": 1, "size": 1}
-
-
-def cpu_seconds(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().split(")")[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 async def measure(uri: str, pid: int, ids: list[str]) -> None:
@@ -80,22 +70,10 @@ def main() -> int:
     if not CORPUS.is_dir():
         print("run `.venv/bin/python perf/corpus.py --instances 1000` first", file=sys.stderr)
         return 2
-    data = Path(tempfile.mkdtemp(prefix="lookups-"))
-    port = free_port()
-    server = subprocess.Popen(
-        [str(REPO / ".tools/bin/ferretdb"), f"--listen-addr=127.0.0.1:{port}",
-         f"--sqlite-url=file:{data}/", "--log-level=error"]
-    )  # fmt: skip
-    try:
-        time.sleep(1.5)
-        uri = f"mongodb://127.0.0.1:{port}/"
+    with scratch_ferretdb("lookups-") as (server, uri, data):
         ids = asyncio.run(load(uri))
         add_id_lookup_indexes(data, "lookups")  # as the embedded default does
         asyncio.run(measure(uri, server.pid, ids))
-    finally:
-        server.terminate()
-        server.wait()
-        shutil.rmtree(data, ignore_errors=True)
     return 0
 
 

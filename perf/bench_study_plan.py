@@ -14,17 +14,12 @@ from __future__ import annotations
 
 import asyncio
 import random
-import shutil
-import subprocess
 import sys
-import tempfile
 import time
 from datetime import datetime, timedelta
-from pathlib import Path
 from typing import Any
 
-from bench_lookups import cpu_seconds
-from benchlib import REPO, free_port
+from benchlib import cpu_seconds, scratch_ferretdb
 from corpus import FAMILY, GIVEN
 from pymongo import AsyncMongoClient
 
@@ -90,22 +85,10 @@ async def load(uri: str) -> None:
 
 
 def main() -> int:
-    data = Path(tempfile.mkdtemp(prefix="plan-"))
-    port = free_port()
-    server = subprocess.Popen(
-        [str(REPO / ".tools/bin/ferretdb"), f"--listen-addr=127.0.0.1:{port}",
-         f"--sqlite-url=file:{data}/", "--log-level=error"]
-    )  # fmt: skip
-    try:
-        time.sleep(1.5)
-        uri = f"mongodb://127.0.0.1:{port}/"
+    with scratch_ferretdb("plan-") as (server, uri, data):
         asyncio.run(load(uri))
         add_id_lookup_indexes(data, "plan")  # as the embedded default does
         figures = asyncio.run(measure(uri, server.pid))
-    finally:
-        server.terminate()
-        server.wait()
-        shutil.rmtree(data, ignore_errors=True)
     for name, value in figures.items():
         print(f"{name:22} {value:.3f}")
     for clients in (1, 16):

@@ -10,10 +10,12 @@ import os
 import platform
 import re
 import shlex
+import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 import urllib.request
@@ -247,6 +249,18 @@ def running(server: Server) -> Iterator[Server]:
         yield server
     finally:
         server.stop()
+
+
+@contextlib.contextmanager
+def scratch_ferretdb(prefix: str) -> Iterator[tuple[Server, str, Path]]:
+    """A FerretDB of our own on a temporary data directory (removed afterwards): the
+    server, its URI and the directory."""
+    data = Path(tempfile.mkdtemp(prefix=prefix))
+    try:
+        with running(start_ferretdb(data)) as server:
+            yield server, f"mongodb://127.0.0.1:{server.port}/", data
+    finally:
+        shutil.rmtree(data, ignore_errors=True)
 
 
 # ---- /proc accounting -------------------------------------------------------------------

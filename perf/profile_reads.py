@@ -3,6 +3,7 @@ while ab loads one QIDO/WADO URL at a time.
 
     .venv/bin/python perf/profile_reads.py                 # the 1,000-instance corpus
     .venv/bin/python perf/profile_reads.py --instances 200 # quick
+    .venv/bin/python perf/profile_reads.py --only "WADO instance"
 
 A FerretDB (with `-pprof-addr`) and one `cloudpacs serve` are started on loopback, the corpus
 is stored over STOW-RS, then for each URL: ab at 16 clients for `--seconds`, with py-spy
@@ -97,18 +98,20 @@ def pprof_profile(port: int, seconds: int, target: Path) -> threading.Thread:
     return thread
 
 
-def py_spy_top(raw: Path) -> list[tuple[str, float]]:
-    """Share of samples per leaf function, from py-spy's raw (collapsed stacks) output."""
-    leaves: Counter[str] = Counter()
+def py_spy_top(raw: Path, inclusive: bool = False) -> list[tuple[str, float]]:
+    """Share of samples per leaf function (or, `inclusive`, per function anywhere on the
+    stack), from py-spy's raw (collapsed stacks) output."""
+    shares: Counter[str] = Counter()
     total = 0
     for line in raw.read_text().splitlines():
         stack, _, count = line.rpartition(" ")
         if not stack:
             continue
-        frames = stack.split(";")
-        leaves[re.sub(r" \(.*/", " (", frames[-1])] += int(count)
+        frames = [re.sub(r" \(.*/", " (", frame) for frame in stack.split(";")]
+        for frame in set(frames) if inclusive else frames[-1:]:
+            shares[frame] += int(count)
         total += int(count)
-    return [(name, round(100 * n / total, 1)) for name, n in leaves.most_common(TOP)]
+    return [(name, round(100 * n / total, 1)) for name, n in shares.most_common(TOP)]
 
 
 def profile_one(
@@ -140,6 +143,7 @@ def profile_one(
         "ab": result.as_dict(),
         "cpu_ms_per_request": {k: round(1000 * v / requests, 2) for k, v in used.items()},
         "cloudpacs_top_leaf_functions_pct": py_spy_top(raw) if raw.exists() else [],
+        "cloudpacs_top_functions_inclusive_pct": py_spy_top(raw, True) if raw.exists() else [],
         "ferretdb_pprof_top": top_go.splitlines()[: TOP + 6],
     }
 
@@ -148,6 +152,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--instances", type=int, default=1000)
     parser.add_argument("--seconds", type=int, default=15)
+    parser.add_argument("--only", default="", help="profile the URLs whose name has this")
     args = parser.parse_args()
     corpus = ensure_corpus(CorpusParams(instances=args.instances, patients=20))
     folder = OUT / "profile-reads"
@@ -172,6 +177,8 @@ def main() -> int:
             pids = {"cloudpacs": server.pid, "ferretdb": ferretdb.pid}
             rows = []
             for name, (path, accept) in profiled_urls(corpus).items():
+                if args.only.lower() not in name.lower():
+                    continue
                 row = profile_one(
                     name, f"{root}{path}", accept, pids, pprof_port, folder, args.seconds
                 )

@@ -32,8 +32,9 @@ from cloudpacs.dicom.parse import parse_file
 from cloudpacs.ingest import Ingestor, Source
 from cloudpacs.metrics import Metrics
 from cloudpacs.storage import documents
+from cloudpacs.storage.clock import utcnow
 from cloudpacs.storage.database import Database, open_database
-from cloudpacs.storage.instances import InstanceStore, utcnow
+from cloudpacs.storage.instances import InstanceStore
 from cloudpacs.storage.locks import Locks
 from cloudpacs.storage.schema import (
     CHECKPOINTS,

@@ -23,7 +23,7 @@ from bson import Binary, ObjectId
 from pymongo import MongoClient
 from pymongo.database import Database
 
-from cloudpacs.storage.instances import utcnow
+from cloudpacs.storage.clock import utcnow
 from tests.conftest import FERRETDB_BINARY, FerretServer, free_port
 from tests.factory import Spec, make_dataset, write_instance, write_study
 

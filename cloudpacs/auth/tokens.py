@@ -18,7 +18,7 @@ from typing import Any
 from cloudpacs.auth.principal import Principal, Role, parse_grants
 from cloudpacs.errors import InvalidRequest, NotFound, Unauthenticated
 from cloudpacs.projects import ALL_PROJECTS, PROJECT_NAME_RULE, is_project_name
-from cloudpacs.storage.instances import utcnow
+from cloudpacs.storage.clock import utcnow
 from cloudpacs.storage.tokens import TokenStore
 
 PREFIX = "cpt_"

@@ -44,7 +44,8 @@ from cloudpacs.migrate.source import (
     StudyRef,
 )
 from cloudpacs.storage.checkpoints import CheckpointStore
-from cloudpacs.storage.instances import InstanceStore, utcnow
+from cloudpacs.storage.clock import utcnow
+from cloudpacs.storage.instances import InstanceStore
 
 log = logging.getLogger(__name__)
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from cloudpacs.storage.clock import utcnow
 from cloudpacs.storage.database import Database, translate_errors
-from cloudpacs.storage.instances import utcnow
 from cloudpacs.storage.schema import CHECKPOINTS
 
 

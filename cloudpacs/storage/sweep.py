@@ -19,7 +19,8 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from cloudpacs.storage.instances import InstanceStore, utcnow
+from cloudpacs.storage.clock import utcnow
+from cloudpacs.storage.instances import InstanceStore
 
 log = logging.getLogger(__name__)
 

@@ -13,7 +13,7 @@ from cloudpacs.auth.tokens import TokenService
 from cloudpacs.config import Settings
 from cloudpacs.errors import InvalidRequest, NotFound, Unauthenticated
 from cloudpacs.runtime import Runtime
-from cloudpacs.storage.instances import utcnow
+from cloudpacs.storage.clock import utcnow
 from cloudpacs.storage.schema import TOKENS
 from cloudpacs.storage.tokens import TokenStore
 

@@ -16,7 +16,7 @@ from cloudpacs.config import Settings
 from cloudpacs.ingest import Outcome, Source
 from cloudpacs.runtime import Runtime
 from cloudpacs.storage.audit import AuditStore
-from cloudpacs.storage.instances import utcnow
+from cloudpacs.storage.clock import utcnow
 from cloudpacs.storage.schema import TOKENS
 from tests.auth.idp import AUDIENCE, ISSUER, Idp
 from tests.factory import Spec, write_instance

@@ -36,8 +36,8 @@ from cloudpacs.ingest import Outcome, Source
 from cloudpacs.metrics import Metrics
 from cloudpacs.runtime import Runtime, build_runtime
 from cloudpacs.storage import documents
+from cloudpacs.storage.clock import utcnow
 from cloudpacs.storage.database import open_database
-from cloudpacs.storage.instances import utcnow
 from cloudpacs.storage.sweep import sweep
 from tests.conftest import FerretServer
 from tests.factory import Spec, write_instance

@@ -19,10 +19,10 @@ from cloudpacs.errors import ConfigError, NotFound
 from cloudpacs.ingest import Outcome, Source
 from cloudpacs.runtime import Runtime
 from cloudpacs.storage import documents
+from cloudpacs.storage.clock import utcnow
 from cloudpacs.storage.database import open_database
 from cloudpacs.storage.directory_files import DirectoryFiles
 from cloudpacs.storage.file_stores import open_file_store
-from cloudpacs.storage.instances import utcnow
 from cloudpacs.storage.schema import init_schema
 from cloudpacs.storage.sweep import sweep
 from tests.factory import write_instance
