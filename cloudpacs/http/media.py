@@ -7,6 +7,8 @@ import os
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
+from pathlib import Path
+from typing import BinaryIO
 
 from aiohttp import web
 
@@ -178,37 +180,52 @@ async def _write_part(
 async def _send_files(
     request: web.Request, content_type: str, boundary: str, parts: list[Part]
 ) -> web.StreamResponse:
-    """Whole local files as parts, with a Content-Length, each sent by the kernel."""
+    """Whole local files as parts, with a Content-Length, each sent by the kernel. The sizes
+    are read and the first file opened in one trip to a worker thread (all a single instance
+    needs), so a missing file is still a 404 before the answer starts."""
     paths = [part.path for part in parts if part.path is not None]
     try:
-        sizes = await asyncio.to_thread(lambda: [os.stat(path).st_size for path in paths])
+        source, sizes = await asyncio.to_thread(_open_first, paths)
     except FileNotFoundError:
         raise NotFound("stored file is missing") from None
     heads = [_part_head(boundary, part) for part in parts]
     tail = f"--{boundary}--\r\n".encode()
     response = web.StreamResponse(headers={"Content-Type": content_type})
     response.content_length = sum(map(len, heads)) + sum(sizes) + 2 * len(parts) + len(tail)
-    await response.prepare(request)
     loop = asyncio.get_running_loop()
     try:
-        for head, path, size in zip(heads, paths, sizes, strict=True):
-            await response.write(head)
-            source = await asyncio.to_thread(path.open, "rb")
-            try:
-                transport = request.transport
-                if transport is None:
-                    raise ConnectionResetError("connection lost")
-                if await loop.sendfile(transport, source, 0, size) != size:
-                    raise OSError(f"stored file {path.name} changed size while sent")
-            finally:
-                source.close()
-            await response.write(b"\r\n")
-        await response.write(tail)
+        await response.prepare(request)
+        for index, (head, path, size) in enumerate(zip(heads, paths, sizes, strict=True)):
+            await response.write(b"\r\n" + head if index else head)
+            if source is None:
+                source = await asyncio.to_thread(path.open, "rb")
+            transport = request.transport
+            if transport is None:
+                raise ConnectionResetError("connection lost")
+            if await loop.sendfile(transport, source, 0, size) != size:
+                raise OSError(f"stored file {path.name} changed size while sent")
+            source.close()
+            source = None
+        await response.write(b"\r\n" + tail)
     except BaseException:
         abort_started(request)
         raise
+    finally:
+        if source is not None:
+            source.close()
     await response.write_eof()
     return response
+
+
+def _open_first(paths: list[Path]) -> tuple[BinaryIO | None, list[int]]:
+    """(In a worker thread.) The first file, open, and the size of every file."""
+    first = paths[0].open("rb")
+    try:
+        sizes = [os.fstat(first.fileno()).st_size, *(os.stat(p).st_size for p in paths[1:])]
+    except BaseException:
+        first.close()
+        raise
+    return first, sizes
 
 
 def abort_started(request: web.Request) -> None:
