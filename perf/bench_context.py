@@ -33,7 +33,8 @@ class Plan:
     qido_clients: tuple[int, ...] = (1, 16, 64)
     qido_requests: tuple[int, ...] = (100, 300, 600)
     wado_clients: tuple[int, ...] = (1, 16)
-    wado_instance_requests: tuple[int, ...] = (50, 200)
+    # enough requests for seconds of load at 16 clients (200 took 0.3 s: noise)
+    wado_instance_requests: tuple[int, ...] = (500, 3000)
     metadata_requests: tuple[int, ...] = (100, 400)
     series_clients: tuple[int, ...] = (1,)
     series_max: int = 200
