@@ -64,6 +64,7 @@ class ScalePlan:
     orthanc_clients: int = 8
     parse_workers: int = 2
     loaders: int = 2
+    orthanc_up_to: int | None = None  # sizes above it: cloudpacs alone (its own growth)
 
 
 @dataclass
@@ -162,7 +163,12 @@ def archive_counts(systems: Systems) -> dict[str, Any]:
 
 
 def load_increment(
-    systems: Systems, corpus: ScaleCorpus, new: list[ScaleStudy], plan: ScalePlan, home: Path
+    systems: Systems,
+    corpus: ScaleCorpus,
+    new: list[ScaleStudy],
+    plan: ScalePlan,
+    home: Path,
+    with_orthanc: bool,
 ) -> dict[str, Any]:
     n = sum(s.instances for s in new)
     out: dict[str, Any] = {"loadavg_before": os.getloadavg()}
@@ -175,11 +181,12 @@ def load_increment(
     out["cloudpacs"]["id_lookup_indexes_added"] = add_id_lookup_indexes(home / "db", DATABASE)
     out["cloudpacs"]["id_lookup_indexes"] = id_lookup_indexes(home, systems.cloudpacs)
     log(f"  -> {out['cloudpacs']['instances_per_s']} instances/s")
-    log(f"Orthanc: POST {n} instances, {plan.orthanc_clients} clients")
-    with ResourceWatch(systems.pids("orthanc")) as watch:
-        out["orthanc"] = load_orthanc(systems.orthanc, corpus, new, plan.orthanc_clients)
-    out["orthanc"]["resources"] = watch.result
-    log(f"  -> {out['orthanc']['instances_per_s']} instances/s")
+    if with_orthanc:
+        log(f"Orthanc: POST {n} instances, {plan.orthanc_clients} clients")
+        with ResourceWatch(systems.pids("orthanc")) as watch:
+            out["orthanc"] = load_orthanc(systems.orthanc, corpus, new, plan.orthanc_clients)
+        out["orthanc"]["resources"] = watch.result
+        log(f"  -> {out['orthanc']['instances_per_s']} instances/s")
     pids = [*systems.pids("cloudpacs").values(), systems.orthanc.pid]
     out["idle_wait_seconds"] = wait_idle(pids)
     out["loadavg_after"] = os.getloadavg()
@@ -216,14 +223,17 @@ def run_sizes(plan: ScalePlan, run_dir: Path, results: dict[str, Any], out: Path
                 log("checking the direct load against a real ingest of the first study")
                 results["verify"] = verify_direct_load(archive.db_uri, corpus, studies[0])
                 log(f"  -> {results['verify']}")
+            with_orthanc = plan.orthanc_up_to is None or size <= plan.orthanc_up_to
             step: dict[str, Any] = {"target_instances": size, **describe(studies)}
-            step["load"] = load_increment(systems, corpus, studies[len(loaded) :], plan, home)
+            new = studies[len(loaded) :]
+            step["load"] = load_increment(systems, corpus, new, plan, home, with_orthanc)
             loaded = studies
             step["counts"] = archive_counts(systems)
             paths = queries(corpus, studies[0])
             results["sizes"].append(step)
             step["qido"] = {}
-            for name in ("cloudpacs", "orthanc"):  # saved as they come: a 100k step is long
+            for name in ("cloudpacs", "orthanc")[: 2 if with_orthanc else 1]:
+                # saved as they come: a 100k step is long
                 step["qido"][name] = measure_system(ctx, systems, name, paths, plan)
                 step["loadavg_end"] = os.getloadavg()
                 out.write_text(json.dumps(results, indent=2) + "\n")
@@ -277,6 +287,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--level-cap-seconds", type=int, default=ScalePlan.level_cap_seconds)
     parser.add_argument("--ab-seconds", type=int, default=ScalePlan.ab_seconds)
     parser.add_argument("--seed", type=int, default=ScalePlan.seed)
+    parser.add_argument(
+        "--orthanc-up-to",
+        type=lambda text: parse_ints(text)[0],
+        default=None,
+        help="load and measure Orthanc only at sizes up to this one (larger: cloudpacs alone)",
+    )
     parser.add_argument("--keep", action="store_true", help="keep perf/out/scale-run-*")
     parser.add_argument("--out", type=Path, default=OUT / "results-scale.json")
     args = parser.parse_args(argv)
@@ -290,6 +306,7 @@ def main(argv: list[str] | None = None) -> int:
         requests=tuple(requests.get(c, 10 * c) for c in args.clients),
         ab_seconds=args.ab_seconds,
         level_cap_seconds=args.level_cap_seconds,
+        orthanc_up_to=args.orthanc_up_to,
     )
     run_dir = OUT / f"scale-run-{dt.datetime.now().strftime('%Y%m%d-%H%M%S')}"
     args.out.parent.mkdir(parents=True, exist_ok=True)

@@ -2,13 +2,13 @@
 into Orthanc (its REST API), and checking that the direct load stores what ingest stores.
 
 cloudpacs: every file is parsed by cloudpacs's parser and becomes the document
-`documents.instance_document` builds (no GridFS bytes: metadata only), inserted with
-insert_many. The rollups come from cloudpacs's own `InstanceStore.recompute_rollups`, run
-per study in a scratch database holding only that study: on FerretDB 1.24 that call scans
-`instances` several times (only `_id` equality reaches SQLite), so on the whole archive it
-would cost minutes per study at 100k instances. Whatever recompute_rollups and claim_study
-write there (studies, series, claims, any future collection) is copied to the archive.
-`verify_direct_load` checks the result against a real ingest of the same study.
+`documents.instance_document` builds (no GridFS bytes: metadata only). A study is stored as
+ingest stores it, through cloudpacs's own InstanceStore: the project's claim, the instance
+documents (one insert_many), then the rollup rounds of InstanceStore.apply_rollups (series,
+members, read documents, study, search document, study index entries), the whole study in
+one round. `verify_direct_load` checks the result against a real ingest of the same study.
+(Until 2026-12-02 the rollups were recomputed per study in a scratch database, at 75-100
+instances/s; see perf/RESULTS-SCALE.md.)
 """
 
 from __future__ import annotations
@@ -32,22 +32,12 @@ from cloudpacs.dicom.parse import parse_file
 from cloudpacs.ingest import Ingestor, Source
 from cloudpacs.metrics import Metrics
 from cloudpacs.storage import documents
-from cloudpacs.storage.clock import utcnow
 from cloudpacs.storage.database import Database, open_database
 from cloudpacs.storage.instances import InstanceStore
-from cloudpacs.storage.locks import Locks
-from cloudpacs.storage.schema import (
-    CHECKPOINTS,
-    INSTANCE_READS,
-    INSTANCES,
-    LOCKS,
-    STUDY_LOOKUP,
-)
-from cloudpacs.storage.study_index import STATS_ID, StudyIndex
+from cloudpacs.storage.schema import INSTANCES, LOCKS
 
 PROJECT = "default"  # cloudpacs's default project (settings.default_project)
 SOURCE_KIND = "import"  # what `cloudpacs import` records as the source
-STAGING = "scale_staging"
 # Fields that differ between two stores of the same file (times, GridFS file ids).
 VOLATILE = {"ingested_at", "updated_at", "at", "file_id", "expires_at", "rev"}
 # Collections of the write path's machinery, not of the stored archive.
@@ -87,44 +77,21 @@ def prepared(
 
 
 class DirectLoader:
-    """Stores whole studies into `database` the way ingest would, rollups included."""
+    """Stores whole studies into `database` through cloudpacs's own write path, files aside:
+    the study's claim, its instance documents in one insert, then the rollup rounds ingest
+    runs (InstanceStore.apply_rollups: one round for the study's instances together)."""
 
-    def __init__(self, uri: str, database: str, staging: str = STAGING) -> None:
+    def __init__(self, uri: str, database: str) -> None:
         self.main: Database = open_database(uri, database)
-        self.staging: Database = open_database(uri, staging)
-        self.store = InstanceStore(self.staging)
-        self.index = StudyIndex(self.main.db[STUDY_LOOKUP], Locks(self.main.db[LOCKS], utcnow))
+        self.store = InstanceStore(self.main)
 
     async def close(self) -> None:
-        await self.main.client.drop_database(self.staging.db.name)
         await self.main.close()
-        await self.staging.close()
 
     async def load_study(self, docs: list[dict[str, Any]]) -> None:
-        study = docs[0]["study"]
-        scratch = self.staging.db
-        for name in await scratch.list_collection_names():
-            await scratch.drop_collection(name)
-        # recompute_rollups reads only the searchable core of `meta`: reduced_meta (what
-        # cloudpacs itself keeps inline for oversized instances) makes its scans cheaper.
-        reduced = [{**d, "meta": documents.reduced_meta(d["meta"])} for d in docs]
-        await scratch[INSTANCES].insert_many(reduced)
-        await self.store.claim_study(study, PROJECT)
-        await self.store.recompute_rollups(study)
+        await self.store.claim_study(docs[0]["study"], PROJECT)
         await self.main.db[INSTANCES].insert_many(docs, ordered=False)
-        for name in await scratch.list_collection_names():
-            if name in (INSTANCES, LOCKS, CHECKPOINTS):  # the main archive has its own
-                continue
-            copies = await scratch[name].find({}).to_list(None)
-            if name == STUDY_LOOKUP:  # entries are shared by many studies: entered under a lock
-                entries = [entry["_id"] for entry in copies if entry["_id"] != STATS_ID]
-                decades = [v for entry in copies for v in entry.get("decades", [])]
-                decade = decades[0] if decades else None
-                await self.index.enter(study, entries, decade, new=True)
-            elif name == INSTANCE_READS:  # from the full documents, not the reduced ones
-                await self.main.db[name].insert_many([documents.instance_read(d) for d in docs])
-            elif copies:
-                await self.main.db[name].insert_many(copies, ordered=False)
+        await asyncio.gather(*(self.store.apply_rollups(doc) for doc in docs))
 
 
 def load_cloudpacs(
@@ -148,8 +115,8 @@ def load_cloudpacs(
             with lock:
                 return next(pending, None)
 
-        async def loader(k: int) -> None:
-            direct = DirectLoader(uri, database, staging=f"{STAGING}_{k}")
+        async def loader() -> None:
+            direct = DirectLoader(uri, database)
             try:
                 while item := await asyncio.to_thread(take):
                     await direct.load_study(item[1])
@@ -160,7 +127,7 @@ def load_cloudpacs(
                 await direct.close()
 
         started = time.perf_counter()
-        await asyncio.gather(*(loader(k) for k in range(loaders)))
+        await asyncio.gather(*(loader() for _ in range(loaders)))
         seconds = time.perf_counter() - started
         return {
             "studies": len(done),
@@ -241,7 +208,7 @@ def verify_direct_load(uri: str, corpus: ScaleCorpus, study: ScaleStudy) -> dict
             for row in rows:
                 path = corpus.folder / row["path"]
                 await ingestor.ingest(path, Source(SOURCE_KIND, str(path)))
-            loader = DirectLoader(uri, via_direct, staging=f"{via_direct}_staging")
+            loader = DirectLoader(uri, via_direct)
             try:
                 await loader.load_study(study_documents(corpus, study))
                 direct = await archive_contents(loader.main)

@@ -69,6 +69,7 @@ def plot_load(results: dict[str, Any], path: Path) -> Path:
         points = [
             (step["instances"], step["load"][system]["instances_per_s"])
             for step in results["sizes"]
+            if system in step["load"]
         ]
         xs, ys = zip(*points, strict=True)
         ax.plot(xs, ys, marker="o", color=COLORS[system], label=system)
