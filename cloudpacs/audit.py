@@ -18,6 +18,8 @@ import logging
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
+from bson import ObjectId
+
 from cloudpacs.errors import Unavailable
 from cloudpacs.metrics import Metrics
 from cloudpacs.storage.audit import AuditStore
@@ -71,6 +73,7 @@ class AuditLog:
             log.error("audit.dropped", extra={"action": action, "user": user})
             return
         record = {
+            "_id": ObjectId(),  # its own, so that writing a batch again is harmless
             "at": utcnow(),
             "user": user,
             "credential": credential,

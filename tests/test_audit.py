@@ -62,6 +62,19 @@ async def test_the_trail_is_written_in_order_and_queried(runtime: Runtime) -> No
     assert [r async for r in store.query(action="delete")] == []
 
 
+async def test_a_batch_written_again_is_in_the_trail_once(runtime: Runtime) -> None:
+    """A flush cancelled after the server applied it (the background writer stopped at
+    exit) leaves its records in the buffer; the next flush must neither fail nor copy."""
+    store = AuditStore(runtime.database)
+    log = AuditLog(store, Metrics(), flush_seconds=3600, limit=100)
+    for n in range(3):
+        log.record(action="search", outcome="ok", user="twice", detail=str(n))
+    await store.append(log._buffer[:2])  # applied, but the flush never saw the reply
+    assert await log.flush() == 3
+    trail = [r async for r in store.query(user="twice")]
+    assert sorted(r["detail"] for r in trail) == ["0", "1", "2"]
+
+
 REPO = Path(__file__).resolve().parent.parent
 PACKAGE = REPO / "cloudpacs"
 AUDIT_STORE = PACKAGE / "storage" / "audit.py"

@@ -13,6 +13,7 @@ from datetime import datetime
 from typing import Any
 
 from cloudpacs.storage.database import Database, translate_errors
+from cloudpacs.storage.insert_batches import already_there_is_fine
 from cloudpacs.storage.schema import AUDIT
 
 
@@ -21,7 +22,9 @@ class AuditStore:
         self.collection = database.db[AUDIT]
 
     async def append(self, records: Sequence[dict[str, Any]]) -> None:
-        async with translate_errors():
+        """Insert records that carry their own `_id`: appending a batch again (its first
+        write applied, but its caller cancelled or its reply lost) adds nothing twice."""
+        async with translate_errors(), already_there_is_fine():
             await self.collection.insert_many(list(records), ordered=False)
 
     async def query(

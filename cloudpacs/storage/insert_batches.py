@@ -4,10 +4,15 @@ while the previous insert runs go to the server together, as one unordered `inse
 Each caller still gets its own outcome: the error the server reports for its document
 (a duplicate `_id`, a validation failure) is raised as `insert_one` would raise it, and a
 failure of the whole command (connection lost) is raised to every caller in the batch.
+
+`already_there_is_fine` makes an insert idempotent: a write retried (its first reply lost,
+or its caller cancelled after the server had applied it) leaves what is already there.
 """
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from typing import Any
 
 from pymongo.errors import BulkWriteError, DuplicateKeyError, WriteError
@@ -38,6 +43,18 @@ class InsertBatches:
         except BulkWriteError as exc:
             return {error["index"]: error for error in exc.details.get("writeErrors", [])}
         return {}
+
+
+@asynccontextmanager
+async def already_there_is_fine() -> AsyncIterator[None]:
+    """Around an unordered `insert_many` of documents that carry their own `_id`: one
+    already there is left as it is, and any other write error is raised."""
+    try:
+        yield
+    except BulkWriteError as exc:
+        errors = exc.details.get("writeErrors", [])
+        if any(error.get("code") != DUPLICATE_KEY for error in errors):
+            raise
 
 
 def _write_error(error: dict[str, Any]) -> WriteError:

@@ -14,19 +14,19 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 from pymongo import ReturnDocument
-from pymongo.errors import BulkWriteError, DuplicateKeyError
+from pymongo.errors import DuplicateKeyError
 
 from cloudpacs.storage import documents, study_index
 from cloudpacs.storage.clock import utcnow
 from cloudpacs.storage.database import translate_errors
 from cloudpacs.storage.group_commit import GroupCommit
+from cloudpacs.storage.insert_batches import already_there_is_fine
 from cloudpacs.storage.schema import SERIES_MEMBERS
 
 if TYPE_CHECKING:
     from cloudpacs.storage.instances import InstanceStore
 
 UPSERT_RETRIES = 3
-DUPLICATE_KEY = 11000
 FILE_KEYS = ("file_id", "meta_file_id")  # the stored files an instance document names
 
 
@@ -62,7 +62,10 @@ class Rollups:
             for series_uid, members in by_series.items():
                 update_members = documents.members_upsert(members)
                 await self._upsert(self.members, series_uid, update_members, returning=False)
-            await self._insert_reads([documents.instance_read(doc) for doc in docs])
+            # a read document already there (a round retried) is left as it is
+            async with already_there_is_fine():
+                reads = [documents.instance_read(doc) for doc in docs]
+                await self.reads.insert_many(reads, ordered=False)
             new_series = 0
             for series_uid, members in by_series.items():
                 update = documents.series_upsert(members, now)
@@ -84,15 +87,6 @@ class Rollups:
             # delete; the journal holds only files in flight, so its `$in` scan is short)
             file_ids = [doc[key] for doc in docs for key in FILE_KEYS if doc.get(key)]
             await self.uploads.delete_many({"_id": {"$in": file_ids}})
-
-    async def _insert_reads(self, reads: list[dict[str, Any]]) -> None:
-        """Insert read documents; one already there (a round retried) is left as it is."""
-        try:
-            await self.reads.insert_many(reads, ordered=False)
-        except BulkWriteError as exc:
-            errors = exc.details.get("writeErrors", [])
-            if any(error.get("code") != DUPLICATE_KEY for error in errors):
-                raise
 
     async def _upsert(
         self, collection: Any, key: str, update: dict[str, Any], *, returning: bool = True
