@@ -10,12 +10,22 @@ self-contained archive: the sizes of a scale run are prefixes of one sequence of
     corpus = ScaleCorpus(seed=7)
     studies = corpus.plan(10_000)            # whole studies until >= 10,000 instances
     rows = corpus.files(studies[0])          # written once under perf/out/scale-corpus-s7/
+
+Written ahead (the loader then only parses; last study first, so that a loader starting
+meanwhile from the first one meets it late; a file is renamed into place whole, so the two
+may even write the same study):
+
+    .venv/bin/python perf/scale_corpus.py --instances 1000000 --workers 1
 """
 
 from __future__ import annotations
 
+import argparse
 import json
+import os
+import sys
 from collections.abc import Iterator
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
@@ -115,7 +125,7 @@ class ScaleCorpus:
             for series in study.plan.series
             for i in range(series.count)
         ]
-        partial = manifest.with_suffix(".partial")
+        partial = manifest.with_suffix(f".{os.getpid()}.partial")
         partial.write_text(json.dumps(rows))
         partial.rename(manifest)
         return rows
@@ -132,6 +142,35 @@ def write_small(
     ds = make_dataset(spec)
     rng = np.random.default_rng([seed, pixel_seed(sop_uid)])  # make_dataset's pixels use hash()
     ds.PixelData = rng.integers(0, 4096, (PIXELS, PIXELS), dtype=np.uint16).tobytes()
-    ds.save_as(path, enforce_file_format=True)
+    partial = path.with_suffix(f".{os.getpid()}.partial")
+    ds.save_as(partial, enforce_file_format=True)
+    partial.rename(path)
     rel = str(path.relative_to(folder.parent))
     return manifest_row(rel, path.stat().st_size, study, series, sop_uid)
+
+
+def _write_study(corpus: ScaleCorpus, study: ScaleStudy) -> int:
+    return len(corpus.files(study))
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description="write the scale corpus ahead of a run")
+    parser.add_argument("--instances", type=int, required=True)
+    parser.add_argument("--seed", type=int, default=7)
+    parser.add_argument("--workers", type=int, default=1)
+    args = parser.parse_args(argv)
+    corpus = ScaleCorpus(args.seed)
+    studies = corpus.plan(args.instances)
+    light = ScaleCorpus(corpus.seed, corpus.out)  # without its plan: pickled per task
+    written = 0
+    with ProcessPoolExecutor(args.workers) as pool:
+        for n, count in enumerate(pool.map(_write_study, [light] * len(studies), studies[::-1])):
+            written += count
+            if n % 500 == 0:
+                print(f"{n}/{len(studies)} studies, {written} instances", file=sys.stderr)
+    print(f"{len(studies)} studies, {written} instances in {corpus.folder}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -104,7 +104,7 @@ def load_cloudpacs(
     progress: Any = None,
 ) -> dict[str, Any]:
     """Load `studies` into cloudpacs's database: `workers` processes parse, `loaders`
-    studies are stored at once (each with its own scratch database); counts and seconds."""
+    studies are stored at once; counts and seconds."""
 
     async def run() -> dict[str, Any]:
         pending = prepared(corpus, studies, workers)
