@@ -16,13 +16,11 @@ Results: perf/out/results-scale.json (or --out), PNG plots beside it, a table on
 from __future__ import annotations
 
 import argparse
-import contextlib
 import datetime as dt
 import json
 import os
 import shutil
 import signal
-import sqlite3
 import subprocess
 import sys
 import time
@@ -36,7 +34,7 @@ from bench_context import JSON_ACCEPT, Context, Plan, log
 from benchlib import OUT, REPO, Archive, ResourceWatch, Server, machine, start_archive
 from corpus import Corpus, CorpusParams
 from orthanc_server import orthanc_get, orthanc_versions, start_orthanc
-from phase_ingest import id_lookup_indexes
+from phase_ingest import embedded_sqlite, id_lookup_indexes
 from phase_reads import Load, run_load, single_latency
 from pymongo import MongoClient
 from scale_corpus import ScaleCorpus, ScaleStudy
@@ -159,16 +157,15 @@ def archive_counts(systems: Systems, home: Path) -> dict[str, Any]:
 def stored_counts(archive: Archive, home: Path, names: tuple[str, ...]) -> dict[str, int]:
     """Documents per collection. On the embedded FerretDB, rows counted in its SQLite file
     (read-only): FerretDB 1.24's own count of 1M instances took about 15 minutes."""
-    path = home / "db" / f"{DATABASE}.sqlite"
-    if archive.embedded and path.exists():
-        with contextlib.closing(sqlite3.connect(f"file:{path}?mode=ro", uri=True)) as conn:
+    with embedded_sqlite(home, archive) as conn:
+        if conn is not None:
             tables = dict(conn.execute("SELECT name, table_name FROM _ferretdb_collections"))
             return {
                 n: conn.execute(f'SELECT count(*) FROM "{tables[n]}"').fetchone()[0] for n in names
             }
     client: MongoClient[dict[str, Any]] = MongoClient(archive.db_uri)
     try:
-        return {n: client[DATABASE][n].estimated_document_count() for n in names}
+        return {n: client[archive.database][n].estimated_document_count() for n in names}
     finally:
         client.close()
 

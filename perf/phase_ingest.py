@@ -13,7 +13,7 @@ import time
 import urllib.request
 import uuid
 from collections import Counter, deque
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -89,13 +89,24 @@ def check_archive(root: str, corpus: Corpus) -> dict[str, Any]:
     return {"studies": len(studies), "instances": total, "ok": ok}
 
 
+@contextlib.contextmanager
+def embedded_sqlite(home: Path, archive: Archive) -> Iterator[sqlite3.Connection | None]:
+    """A read-only connection to the embedded FerretDB's SQLite file of the archive's
+    database; None when the database file is not ours to read."""
+    path = home / "db" / f"{archive.database}.sqlite"
+    if not archive.embedded or not path.exists():
+        yield None
+        return
+    with contextlib.closing(sqlite3.connect(f"file:{path}?mode=ro", uri=True)) as conn:
+        yield conn
+
+
 def id_lookup_indexes(home: Path, archive: Archive) -> int | None:
     """How many SQLite indexes cloudpacs added for FerretDB's `_id` lookups (embedded mode);
     None when the database file is not ours to read."""
-    path = home / "db" / f"{archive.database}.sqlite"
-    if not archive.embedded or not path.exists():
-        return None
-    with contextlib.closing(sqlite3.connect(f"file:{path}?mode=ro", uri=True)) as conn:
+    with embedded_sqlite(home, archive) as conn:
+        if conn is None:
+            return None
         rows = conn.execute(
             "SELECT count(*) FROM sqlite_master WHERE type = 'index' AND name LIKE ?",
             ("%cloudpacs_id_lookup%",),

@@ -110,6 +110,10 @@ class ScaleCorpus:
             series.count = total // n + (1 if i < total % n else 0)
         return ScaleStudy(k, plan)
 
+    def light(self) -> ScaleCorpus:
+        """The same corpus without its plan: what is pickled per task to worker processes."""
+        return ScaleCorpus(self.seed, self.out)
+
     def study_folder(self, study: ScaleStudy) -> Path:
         return self.folder / f"{study.index:06d}"
 
@@ -161,7 +165,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     corpus = ScaleCorpus(args.seed)
     studies = corpus.plan(args.instances)
-    light = ScaleCorpus(corpus.seed, corpus.out)  # without its plan: pickled per task
+    light = corpus.light()
     written = 0
     with ProcessPoolExecutor(args.workers) as pool:
         for n, count in enumerate(pool.map(_write_study, [light] * len(studies), studies[::-1])):

@@ -63,7 +63,7 @@ def prepared(
 ) -> Iterator[tuple[ScaleStudy, list[dict[str, Any]]]]:
     """(study, documents) in order, generated and parsed by worker processes at most
     `ahead` studies in advance (the documents of 100k instances would take GBs)."""
-    light = ScaleCorpus(corpus.seed, corpus.out)  # without its plan: pickled per task
+    light = corpus.light()
     with ProcessPoolExecutor(workers) as pool:
         queue: deque[tuple[ScaleStudy, Future[list[dict[str, Any]]]]] = deque()
         for study in studies:
