@@ -89,6 +89,9 @@ class Settings:
     jwt_projects_claim: str = "cloudpacs_projects"  # {"project": "role", "*": "reader"}
     token_cache_seconds: float = 5.0  # a revocation elsewhere takes effect within this
     audit_flush_seconds: float = 0.5
+    # places of recently read instances, per node (storage.place_cache); 0 entries: none
+    place_cache_entries: int = 20_000
+    place_cache_seconds: float = 60.0
     audit_buffer_limit: int = 100_000
 
     @property
@@ -309,5 +312,7 @@ def _validate_security(s: Settings) -> None:
         raise ConfigError("jwt_leeway_seconds and token_cache_seconds must be >= 0")
     if not s.audit_flush_seconds > 0:
         raise ConfigError("audit_flush_seconds must be > 0")
+    if s.place_cache_entries < 0 or not s.place_cache_seconds >= 0:
+        raise ConfigError("place_cache_entries and place_cache_seconds must be >= 0")
     if s.audit_buffer_limit < 1:
         raise ConfigError("audit_buffer_limit must be at least 1")

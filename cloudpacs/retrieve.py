@@ -19,6 +19,7 @@ from cloudpacs.dicom import transcode
 from cloudpacs.dicom.jsonmodel import with_absolute_bulk_uris
 from cloudpacs.errors import InvalidRequest, NotAcceptable, NotFound
 from cloudpacs.search import Scope
+from cloudpacs.storage.directory_files import LocalFile
 from cloudpacs.storage.instances import InstanceStore
 from cloudpacs.storage.kept_metadata import MAX_KEPT_CHARS, KeptMetadata
 
@@ -54,6 +55,11 @@ class Part:
     body: AsyncIterator[bytes]
     location: str | None = None
     path: Path | None = None  # the body is this whole local file (it may be sent by sendfile)
+    opened: LocalFile | None = None  # `path`, already open (whoever sends it closes it)
+
+
+async def _just(part: Part) -> AsyncIterator[Part]:
+    yield part
 
 
 def instance_url(base_url: str, doc: dict[str, Any]) -> str:
@@ -109,6 +115,10 @@ class RetrieveService:
         self, scope: Scope, sop: str | None, transfer_syntax: str, base_url: str
     ) -> AsyncIterator[Part]:
         """Parts of a multipart/related application/dicom answer; checked before streaming."""
+        if sop is not None:
+            opened = await self._opened_instance(scope, sop, transfer_syntax, base_url)
+            if opened is not None:
+                return _just(opened)
         docs = await self._list(scope, sop)
         if transfer_syntax != AS_STORED:
             unable = {
@@ -126,6 +136,29 @@ class RetrieveService:
                     "ask for transfer-syntax=* to get the stored bytes"
                 )
         return self._instance_parts(docs, transfer_syntax, base_url)
+
+    async def _opened_instance(
+        self, scope: Scope, sop: str, transfer_syntax: str, base_url: str
+    ) -> Part | None:
+        """One instance as stored, its local file already open (a place cache hit costs no
+        database lookup: storage.place_cache); None when it needs the general path."""
+        found = await self.store.open_instance(sop)
+        if found is None:
+            return None
+        doc, local = found
+        stored = doc["transfer_syntax"]
+        if not scope.admits(doc) or transfer_syntax not in (AS_STORED, stored):
+            local.source.close()
+            if not scope.admits(doc):
+                raise NotFound("no such study, series or instance")
+            return None
+        return Part(
+            f"application/dicom; transfer-syntax={stored}",
+            self.store.stream_file(doc["file_id"]),
+            instance_url(base_url, doc),
+            local.path,
+            local,
+        )
 
     async def _instance_parts(
         self, docs: list[dict[str, Any]], transfer_syntax: str, base_url: str

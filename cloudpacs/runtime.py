@@ -27,8 +27,10 @@ from cloudpacs.retrieve import RetrieveService
 from cloudpacs.search import SearchService
 from cloudpacs.storage.audit import AuditStore
 from cloudpacs.storage.database import Database, open_database
+from cloudpacs.storage.directory_files import DirectoryFiles
 from cloudpacs.storage.file_stores import FileStore, open_file_store
 from cloudpacs.storage.instances import InstanceStore
+from cloudpacs.storage.place_cache import PlaceCache
 from cloudpacs.storage.schema import assign_default_project, init_schema
 from cloudpacs.storage.sweep import sweep
 from cloudpacs.storage.tokens import TokenStore
@@ -90,7 +92,7 @@ def build_runtime(
     """The services over one database and its file store (storage.file_stores.open_file_store;
     GridFS by default); `parser` (default: from the settings) is the caller's to close, and
     open_runtime closes the one it makes."""
-    store = InstanceStore(database, files)
+    store = InstanceStore(database, files, _place_cache(settings, files))
     parser = parser or parser_for(settings)
     audit = AuditLog(
         AuditStore(database),
@@ -104,6 +106,13 @@ def build_runtime(
     )
     tokens = TokenService(TokenStore(database), settings.token_cache_seconds)
     return Runtime(settings, database, store, ingestor, metrics, notes, audit, tokens, parser)
+
+
+def _place_cache(settings: Settings, files: FileStore | None) -> PlaceCache | None:
+    """Only a directory store's files can be checked cheaply on every cache hit."""
+    if files is None or files.kind != DirectoryFiles.kind or settings.place_cache_entries < 1:
+        return None
+    return PlaceCache(settings.place_cache_entries, settings.place_cache_seconds)
 
 
 @contextlib.asynccontextmanager

@@ -182,12 +182,17 @@ async def _send_files(
 ) -> web.StreamResponse:
     """Whole local files as parts, with a Content-Length, each sent by the kernel. The sizes
     are read and the first file opened in one trip to a worker thread (all a single instance
-    needs), so a missing file is still a 404 before the answer starts."""
+    needs; none if it came open), so a missing file is still a 404 before the answer starts."""
     paths = [part.path for part in parts if part.path is not None]
-    try:
-        source, sizes = await asyncio.to_thread(_open_first, paths)
-    except FileNotFoundError:
-        raise NotFound("stored file is missing") from None
+    opened = parts[0].opened
+    if len(parts) == 1 and opened is not None:
+        source: BinaryIO | None = opened.source
+        sizes = [opened.size]
+    else:
+        try:
+            source, sizes = await asyncio.to_thread(_open_first, paths)
+        except FileNotFoundError:
+            raise NotFound("stored file is missing") from None
     heads = [_part_head(boundary, part) for part in parts]
     tail = f"--{boundary}--\r\n".encode()
     response = web.StreamResponse(headers={"Content-Type": content_type})

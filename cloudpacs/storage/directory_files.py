@@ -21,6 +21,7 @@ import contextlib
 import os
 import shutil
 from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 from typing import Any, BinaryIO, TypeVar
@@ -34,6 +35,25 @@ READ_BYTES = 1024 * 1024
 PART_SUFFIX = ".part"
 MARKER_NAME = "ARCHIVE"  # the id of the archive the directory belongs to (file_stores)
 T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class LocalFile:
+    """A stored file, open for reading (whoever holds it closes `source`)."""
+
+    path: Path
+    source: BinaryIO
+    size: int
+
+    @classmethod
+    def open(cls, path: Path) -> LocalFile:
+        """(Blocking: in a worker thread.) FileNotFoundError if it is not there."""
+        source = path.open("rb")
+        try:
+            return cls(path, source, os.fstat(source.fileno()).st_size)
+        except BaseException:
+            source.close()
+            raise
 
 
 class DirectoryFiles:

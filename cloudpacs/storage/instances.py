@@ -26,14 +26,17 @@ from typing import Any
 from bson import ObjectId
 from pymongo.errors import DuplicateKeyError
 
+from cloudpacs.errors import NotFound
 from cloudpacs.storage import documents
 from cloudpacs.storage.clock import utcnow
 from cloudpacs.storage.database import Database, translate_errors
+from cloudpacs.storage.directory_files import LocalFile
 from cloudpacs.storage.file_stores import FileStore
 from cloudpacs.storage.files import GridFSFiles, new_file_id
 from cloudpacs.storage.insert_batches import InsertBatches
 from cloudpacs.storage.kept_metadata import SeriesMetadataKeeper
 from cloudpacs.storage.locks import Locks
+from cloudpacs.storage.place_cache import PLACE_FIELDS, PlaceCache
 from cloudpacs.storage.rollups import FILE_KEYS, Rollups
 from cloudpacs.storage.schema import (
     FILES_BUCKET,
@@ -74,8 +77,11 @@ class AlreadyStored(Exception):
 
 
 class InstanceStore:
-    def __init__(self, database: Database, files: FileStore | None = None) -> None:
+    def __init__(
+        self, database: Database, files: FileStore | None = None, places: PlaceCache | None = None
+    ) -> None:
         self.db = database.db
+        self.places = places  # of recently read instances (storage.place_cache)
         self.blobs = files if files is not None else GridFSFiles(self.db, FILES_BUCKET)
         self.instances = self.db[INSTANCES]
         self.reads = self.db[INSTANCE_READS]
@@ -202,6 +208,7 @@ class InstanceStore:
         async with translate_errors():
             result = await self.instances.replace_one(query, doc)
             if result.matched_count == 1:
+                self._forget_places([doc["_id"]])
                 await self.reads.delete_one({"_id": doc["_id"]})
         return result.matched_count == 1
 
@@ -220,6 +227,7 @@ class InstanceStore:
         documents go first, so that no read finds a file being deleted."""
         file_ids = [d[k] for d in docs for k in FILE_KEYS if d.get(k)]
         started = utcnow() - timedelta(days=3650)  # old at once: the sweep need not wait
+        self._forget_places([d["_id"] for d in docs])
         async with translate_errors():
             await self.rollups.delete_reads([d["_id"] for d in docs])
             for file_id in file_ids:
@@ -320,6 +328,40 @@ class InstanceStore:
         fields = {**projection, "study": 1, "series": 1, "project": 1}
         fields.update({key: 1 for key, _ in RETRIEVAL_ORDER})
         return sorted(await self.read_instances(ids, fields), key=retrieval_order)
+
+    async def open_instance(self, sop_uid: str) -> tuple[dict[str, Any], LocalFile] | None:
+        """An instance's place (PLACE_FIELDS) with its stored file open: from the place
+        cache while the cached file still opens, else from the database. None without a
+        place cache (a store without local files) or without the instance."""
+        if self.places is None:
+            return None
+        place = self.places.get(sop_uid)
+        if place is not None:
+            opened = await self._open_local(place["file_id"])
+            if opened is not None:
+                return place, opened
+            self.places.forget([sop_uid])  # overwritten or deleted, maybe by another node
+        docs = await self.read_instances([sop_uid], dict.fromkeys(PLACE_FIELDS, 1))
+        if not docs:
+            return None
+        opened = await self._open_local(docs[0]["file_id"])
+        if opened is None:
+            raise NotFound("stored file is missing")
+        self.places.put(docs[0])
+        return docs[0], opened
+
+    async def _open_local(self, file_id: Any) -> LocalFile | None:
+        path = self.blobs.local_path(file_id)
+        if path is None:
+            return None
+        try:
+            return await asyncio.to_thread(LocalFile.open, path)
+        except FileNotFoundError:
+            return None
+
+    def _forget_places(self, sop_uids: Sequence[str]) -> None:
+        if self.places is not None:
+            self.places.forget(sop_uids)
 
     async def read_instances(
         self, sop_uids: Sequence[str], projection: dict[str, Any]
