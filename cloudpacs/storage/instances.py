@@ -30,11 +30,11 @@ from cloudpacs.errors import NotFound
 from cloudpacs.storage import documents
 from cloudpacs.storage.clock import utcnow
 from cloudpacs.storage.database import Database, translate_errors
-from cloudpacs.storage.directory_files import LocalFile
+from cloudpacs.storage.directory_files import DirectoryFiles, LocalFile
 from cloudpacs.storage.file_stores import FileStore
 from cloudpacs.storage.files import GridFSFiles, new_file_id
 from cloudpacs.storage.insert_batches import InsertBatches
-from cloudpacs.storage.kept_metadata import SeriesMetadataKeeper
+from cloudpacs.storage.kept_metadata import KeptInCollection, KeptInFiles, SeriesMetadataKeeper
 from cloudpacs.storage.locks import Locks
 from cloudpacs.storage.place_cache import PLACE_FIELDS, PlaceCache
 from cloudpacs.storage.rollups import FILE_KEYS, Rollups
@@ -94,7 +94,12 @@ class InstanceStore:
         # Rollup updates of a study are serialised across processes (see storage.locks).
         self.locks = Locks(self.db[LOCKS], utcnow)
         self.study_index = StudyIndex(self.lookup, self.locks)
-        self.kept_metadata = SeriesMetadataKeeper(self.db[KEPT_METADATA], self.series, self.locks)
+        kept = (
+            KeptInFiles(self.blobs.root / KEPT_METADATA)
+            if isinstance(self.blobs, DirectoryFiles)
+            else KeptInCollection(self.db[KEPT_METADATA])
+        )
+        self.kept_metadata = SeriesMetadataKeeper(kept, self.series, self.locks)
         self.study_searches = StudySearches(self, self.study_index)
         self._database = database
         self._ferretdb: bool | None = None  # learnt from the server on first use

@@ -61,6 +61,17 @@ def _reads(listener: Finds) -> list[tuple[str, dict[str, Any]]]:
     return [(name, query) for name, query in listener.finds if name in READ_COLLECTIONS]
 
 
+async def _json(client: Client, url: str) -> list[dict[str, Any]]:
+    response = await client.get(url, headers={"Accept": "application/dicom+json"})
+    assert response.status == 200, await response.text()
+    found: list[dict[str, Any]] = await response.json(content_type=None)
+    return found
+
+
+def _patient_ids(metadata: list[dict[str, Any]]) -> dict[str, str]:
+    return {i["00080018"]["Value"][0]: i["00100020"]["Value"][0] for i in metadata}
+
+
 async def _body(client: Client, url: str) -> bytes:
     _, parts = await get_parts(client, url, ANY_DICOM)
     assert len(parts) == 1
@@ -85,6 +96,8 @@ async def test_a_repeated_read_needs_no_lookup_and_other_nodes_changes_are_seen(
         listener.finds.clear()
         assert await _body(client_a, instance_url(first)) == original
         assert _reads(listener) == [], "a cached place was looked up again"
+        series_url = instance_url(first).rsplit("/instances/", 1)[0] + "/metadata"
+        assert _patient_ids(await _json(client_a, series_url))[first.sop_uid] == "P0001"
 
         # node B overwrites the instance: node A's cached place names a deleted file
         node_b.ingestor.conflict_policy = "overwrite"
@@ -95,6 +108,8 @@ async def test_a_repeated_read_needs_no_lookup_and_other_nodes_changes_are_seen(
         new_bytes = await _body(client_b, instance_url(first))
         assert new_bytes != original
         assert await _body(client_a, instance_url(first)) == new_bytes
+        # and so is the series metadata node A had kept (a file both nodes share)
+        assert _patient_ids(await _json(client_a, series_url))[first.sop_uid] == "NEW"
 
         # node B deletes an instance node A has cached: 404 on A, and A forgets it
         assert await _body(client_a, instance_url(second)) == written[1][0].read_bytes()

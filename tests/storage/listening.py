@@ -42,6 +42,7 @@ async def listened_store(runtime: Runtime) -> AsyncIterator[tuple[InstanceStore,
         settings.mongo_uri, event_listeners=[listener], tz_aware=True
     )
     try:
-        yield InstanceStore(Database(client=client, db=client[settings.database])), listener
+        database = Database(client=client, db=client[settings.database])
+        yield InstanceStore(database, runtime.store.blobs), listener
     finally:
         await client.close()

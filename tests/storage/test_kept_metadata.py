@@ -18,9 +18,11 @@ from cloudpacs.retrieve import RetrieveService
 from cloudpacs.runtime import Runtime
 from cloudpacs.search import Scope
 from cloudpacs.storage.instances import InstanceStore
+from tests.conftest import BOTH_FILE_STORES
 from tests.factory import Spec, write_instance
 from tests.storage.listening import listened_store
 
+pytestmark = BOTH_FILE_STORES
 BASE = "http://archive/dicomweb"
 
 
@@ -54,15 +56,22 @@ async def _three(runtime: Runtime, tmp_path: Path) -> list[Spec]:
 
 
 async def test_the_second_request_is_one_lookup_with_the_callers_base_url(
-    runtime: Runtime, tmp_path: Path
+    runtime: Runtime, tmp_path: Path, file_store_kind: str
 ) -> None:
+    """With GridFS, one lookup in `kept_metadata`; with the directory store, none at all
+    (the text is a file under the store's directory)."""
     specs = await _three(runtime, tmp_path)
     async with listened_store(runtime) as (store, listener):
         first = await _series_metadata(store, specs[0])
         assert _sops(first) == [s.sop_uid for s in specs]
         listener.finds.clear()
         again = await _series_metadata(store, specs[0])
-        assert listener.finds == [("kept_metadata", {"_id": specs[0].series_uid})]
+        if file_store_kind == "directory":
+            assert listener.finds == []
+            kept = runtime.settings.file_dir / "kept_metadata" / f"{specs[0].series_uid}.json"
+            assert kept.is_file()
+        else:
+            assert listener.finds == [("kept_metadata", {"_id": specs[0].series_uid})]
         assert again == first
         other_base = "https://elsewhere.example/dicomweb/projects/default"
         moved = await _series_metadata(store, specs[0], base=other_base)
