@@ -102,7 +102,9 @@ async def _store(request: web.Request, limit: int, source: Source) -> web.Respon
         if not parts:
             raise InvalidRequest("the multipart body has no parts")
         expected_study = request.match_info.get("study")
-        results = [await _ingest(svc.ingestor, part, source, expected_study) for part in parts]
+        results = await _ingest_all(
+            svc.ingestor, parts, source, expected_study, svc.settings.ingest_concurrency
+        )
     finally:
         await asyncio.to_thread(shutil.rmtree, folder, True)
     return _answer(results, base_url(request), expected_study)
@@ -169,6 +171,30 @@ async def _save_part(part: BodyPartReader, path: Path, budget: int) -> int:
     finally:
         await asyncio.to_thread(fp.close)
     return size
+
+
+async def _ingest_all(
+    ingestor: Ingestor,
+    parts: list[ReceivedPart],
+    source: Source,
+    expected_study: str | None,
+    concurrency: int,
+) -> list[IngestResult]:
+    """The parts' results in part order. Up to `concurrency` parts are ingested at once, so
+    the parts of one request share the store's batched writes (storage.group_commit); the
+    first failure cancels the others, as the request then fails."""
+    slots = asyncio.Semaphore(concurrency)
+
+    async def one(part: ReceivedPart) -> IngestResult:
+        async with slots:
+            return await _ingest(ingestor, part, source, expected_study)
+
+    try:
+        async with asyncio.TaskGroup() as group:
+            tasks = [group.create_task(one(part)) for part in parts]
+    except BaseExceptionGroup as failed:  # the first failure, as the sequential loop raised
+        raise failed.exceptions[0] from None
+    return [task.result() for task in tasks]
 
 
 async def _ingest(

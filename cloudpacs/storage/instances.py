@@ -53,6 +53,7 @@ from cloudpacs.storage.schema import (
     STUDY_SEARCH,
     UPLOADS,
 )
+from cloudpacs.storage.single_flight import SingleFlight
 from cloudpacs.storage.study_index import StudyIndex
 from cloudpacs.storage.study_searches import StudySearches
 
@@ -107,6 +108,7 @@ class InstanceStore:
         # concurrent ingests' journal entries and documents go in together (one transaction)
         self._journal_inserts = InsertBatches(self.uploads)
         self._instance_inserts = InsertBatches(self.instances)
+        self._claims: SingleFlight[tuple[str, str], str] = SingleFlight(self._claim_study)
 
     # ---- write path -------------------------------------------------------------------
     async def upload_file(self, path: Path, name: str, kind: str = "dicom") -> ObjectId:
@@ -160,7 +162,12 @@ class InstanceStore:
 
     async def claim_study(self, study_uid: str, project: str) -> str:
         """The project that holds the study: `project` if it is new (claimed atomically by
-        the unique _id, so two projects racing for one study cannot both win)."""
+        the unique _id, so two projects racing for one study cannot both win). Concurrent
+        claims of one study for one project share one lookup."""
+        return await self._claims.get((study_uid, project))
+
+    async def _claim_study(self, key: tuple[str, str]) -> str:
+        study_uid, project = key
         claims = self.db[STUDY_PROJECTS]
         async with translate_errors():
             doc = await claims.find_one({"_id": study_uid})

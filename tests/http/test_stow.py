@@ -239,6 +239,56 @@ async def test_same_uid_different_bytes_is_a_conflict_and_same_bytes_a_success(
     await assert_storage_consistent(runtime, 1)
 
 
+async def test_parts_of_one_body_racing_for_one_uid(
+    runtime: Runtime,
+    client: Client,
+) -> None:
+    """The parts of a body are ingested at once: the same new instance twice is stored once
+    (both parts succeed), and two versions of one new UID store one and refuse the other."""
+    spec, data = dicom_bytes()
+    status, answer = await post(client, [("application/dicom", data)] * 2)
+    assert status == 200
+    assert [sop_of(i) for i in items(answer, REFERENCED_SOP_SEQUENCE)] == [spec.sop_uid] * 2
+    other, first = dicom_bytes(PatientName="One^A")
+    _, second = dicom_bytes(other, PatientName="Two^B")
+    status, answer = await post(
+        client, [("application/dicom", first), ("application/dicom", second)]
+    )
+    assert status == 202
+    (stored,) = items(answer, REFERENCED_SOP_SEQUENCE)
+    (failed,) = items(answer, FAILED_SOP_SEQUENCE)
+    assert sop_of(stored) == sop_of(failed) == other.sop_uid
+    assert failure_of(failed) == CONFLICT
+    url = stored[RETRIEVE_URL]["Value"][0]
+    _, parts = await get_parts(client, url[len(str(client.make_url(""))) :], ANY_DICOM)
+    assert [p.body for p in parts] in ([first], [second])
+    await assert_storage_consistent(runtime, 2)
+
+
+async def test_a_body_of_many_parts_keeps_its_order_and_counts(
+    runtime: Runtime,
+    client: Client,
+) -> None:
+    study = Spec().study_uid
+    series = [Spec(study_uid=study).series_uid for _ in range(2)]
+    sent = [
+        dicom_bytes(Spec(study_uid=study, series_uid=series[n % 2], instance_number=n))
+        for n in range(24)
+    ]
+    status, answer = await post(client, [("application/dicom", data) for _, data in sent])
+    assert status == 200
+    referenced = [sop_of(i) for i in items(answer, REFERENCED_SOP_SEQUENCE)]
+    assert referenced == [spec.sop_uid for spec, _ in sent]
+    response = await client.get("/dicomweb/studies", params={"StudyInstanceUID": study})
+    (found,) = await response.json()
+    assert found["00201208"]["Value"] == [24]  # NumberOfStudyRelatedInstances
+    assert found["00201206"]["Value"] == [2]  # NumberOfStudyRelatedSeries
+    for uid in series:
+        response = await client.get(f"/dicomweb/studies/{study}/series/{uid}/instances")
+        assert len(await response.json()) == 12
+    await assert_storage_consistent(runtime, 24)
+
+
 @pytest.mark.parametrize(
     ("content_type", "body", "status"),
     [
