@@ -45,7 +45,7 @@ class Settings:
     ferretdb_binary: Path = Path(".tools/bin/ferretdb")
     conflict_policy: str = "keep-first"
     after_ingest: str = "delete"
-    ingest_concurrency: int = 8
+    ingest_concurrency: int = 8  # per daemon source, and per STOW-RS request (its parts)
     file_settle_seconds: float = 1.0
     drain_seconds: float = 10.0
     max_upload_bytes: int = 4 * 1024**3
