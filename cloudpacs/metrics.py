@@ -72,6 +72,13 @@ class Metrics:
             buckets=(0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 900),
             registry=r,
         )
+        self.place_cache_lookups = Counter(
+            "cloudpacs_place_cache_lookups",
+            "WADO-RS instance reads looked up in the place cache, by result (hit, miss, "
+            "expired; stale: a hit whose file was gone)",
+            ["result"],
+            registry=r,
+        )
         self.audit_records = Counter(
             "cloudpacs_audit_records", "Audit records written to the audit trail", registry=r
         )

@@ -92,7 +92,7 @@ def build_runtime(
     """The services over one database and its file store (storage.file_stores.open_file_store;
     GridFS by default); `parser` (default: from the settings) is the caller's to close, and
     open_runtime closes the one it makes."""
-    store = InstanceStore(database, files, _place_cache(settings, files))
+    store = InstanceStore(database, files, _place_cache(settings, files, metrics))
     parser = parser or parser_for(settings)
     audit = AuditLog(
         AuditStore(database),
@@ -108,11 +108,18 @@ def build_runtime(
     return Runtime(settings, database, store, ingestor, metrics, notes, audit, tokens, parser)
 
 
-def _place_cache(settings: Settings, files: FileStore | None) -> PlaceCache | None:
+def _place_cache(
+    settings: Settings, files: FileStore | None, metrics: Metrics
+) -> PlaceCache | None:
     """Only a directory store's files can be checked cheaply on every cache hit."""
     if files is None or files.kind != DirectoryFiles.kind or settings.place_cache_entries < 1:
         return None
-    return PlaceCache(settings.place_cache_entries, settings.place_cache_seconds)
+    lookups = metrics.place_cache_lookups
+    return PlaceCache(
+        settings.place_cache_entries,
+        settings.place_cache_seconds,
+        on_lookup=lambda result: lookups.labels(result).inc(),
+    )
 
 
 @contextlib.asynccontextmanager

@@ -352,7 +352,7 @@ class InstanceStore:
             opened = await self._open_local(place["file_id"])
             if opened is not None:
                 return place, opened
-            self.places.forget([sop_uid])  # overwritten or deleted, maybe by another node
+            self.places.stale(sop_uid)  # overwritten or deleted, maybe by another node
         docs = await self.read_instances([sop_uid], dict.fromkeys(PLACE_FIELDS, 1))
         if not docs:
             return None

@@ -9,6 +9,9 @@ every use, which another node's overwrite or deletion is seen by too), and only 
 `max_age_seconds`, which bounds the one case the file check misses: a node that crashed
 between changing the documents and deleting the old file (the sweep deletes it later).
 GridFS stores have no local file to check, and use no cache.
+
+Each lookup is reported to `on_lookup` (the runtime counts them in Prometheus) as `hit`,
+`miss`, `expired` (too old) or, after a hit, `stale` (its file was gone).
 """
 
 from __future__ import annotations
@@ -30,22 +33,27 @@ class PlaceCache:
         max_entries: int,
         max_age_seconds: float,
         clock: Callable[[], float] = time.monotonic,
+        on_lookup: Callable[[str], None] = lambda result: None,
     ) -> None:
         self.max_entries = max_entries
         self.max_age_seconds = max_age_seconds
         self._clock = clock
+        self._on_lookup = on_lookup
         self._entries: OrderedDict[str, tuple[float, dict[str, Any]]] = OrderedDict()
 
     def get(self, sop_uid: str) -> dict[str, Any] | None:
         """A copy of the place (the caller may change it), or None if absent or too old."""
         entry = self._entries.get(sop_uid)
         if entry is None:
+            self._on_lookup("miss")
             return None
         stored_at, place = entry
         if self._clock() - stored_at > self.max_age_seconds:
             del self._entries[sop_uid]
+            self._on_lookup("expired")
             return None
         self._entries.move_to_end(sop_uid)
+        self._on_lookup("hit")
         return dict(place)
 
     def put(self, doc: dict[str, Any]) -> None:
@@ -57,6 +65,11 @@ class PlaceCache:
         self._entries.move_to_end(doc["_id"])
         while len(self._entries) > self.max_entries:
             self._entries.popitem(last=False)
+
+    def stale(self, sop_uid: str) -> None:
+        """A place handed out whose file was gone (overwritten or deleted, maybe elsewhere)."""
+        self._entries.pop(sop_uid, None)
+        self._on_lookup("stale")
 
     def forget(self, sop_uids: Iterable[str]) -> None:
         for sop_uid in sop_uids:

@@ -72,6 +72,19 @@ def _patient_ids(metadata: list[dict[str, Any]]) -> dict[str, str]:
     return {i["00080018"]["Value"][0]: i["00100020"]["Value"][0] for i in metadata}
 
 
+async def _lookups(client: Client) -> dict[str, float]:
+    """The node's place cache lookups by result, from its Prometheus /metrics."""
+    response = await client.get("/metrics")
+    assert response.status == 200
+    prefix = 'cloudpacs_place_cache_lookups_total{result="'
+    found = {}
+    for line in (await response.text()).splitlines():
+        if line.startswith(prefix):
+            labels, value = line.split(" ")
+            found[labels[len(prefix) : -2]] = float(value)
+    return found
+
+
 async def _body(client: Client, url: str) -> bytes:
     _, parts = await get_parts(client, url, ANY_DICOM)
     assert len(parts) == 1
@@ -108,6 +121,7 @@ async def test_a_repeated_read_needs_no_lookup_and_other_nodes_changes_are_seen(
         new_bytes = await _body(client_b, instance_url(first))
         assert new_bytes != original
         assert await _body(client_a, instance_url(first)) == new_bytes
+        assert await _lookups(client_a) == {"miss": 1.0, "hit": 2.0, "stale": 1.0}
         # and so is the series metadata node A had kept (a file both nodes share)
         assert _patient_ids(await _json(client_a, series_url))[first.sop_uid] == "NEW"
 

@@ -58,3 +58,18 @@ def test_forget_and_zero_entries() -> None:
     off = PlaceCache(0, 60)
     off.put(_place("a"))
     assert len(off) == 0 and off.get("a") is None
+
+
+def test_every_lookup_is_reported() -> None:
+    clock, results = Clock(), []
+    cache = PlaceCache(10, 60, clock, on_lookup=results.append)
+    cache.get("a")
+    cache.put(_place("a"))
+    cache.get("a")
+    cache.stale("a")
+    cache.get("a")
+    cache.put(_place("b"))
+    clock.now += 61
+    cache.get("b")
+    assert results == ["miss", "hit", "stale", "miss", "expired"]
+    assert len(cache) == 0
