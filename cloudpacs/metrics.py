@@ -74,8 +74,8 @@ class Metrics:
         )
         self.place_cache_lookups = Counter(
             "cloudpacs_place_cache_lookups",
-            "WADO-RS instance reads looked up in the place cache, by result (hit, miss, "
-            "expired; stale: a hit whose file was gone)",
+            "Instances looked up in the place cache for WADO-RS retrieval, by result (hit, "
+            "miss, expired; stale: a hit whose file was gone)",
             ["result"],
             registry=r,
         )

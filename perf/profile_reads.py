@@ -69,6 +69,7 @@ def profiled_urls(corpus: Any) -> dict[str, tuple[str, str]]:
         ),
         "QIDO study/instances (member lists)": (queries["study/instances"], JSON_ACCEPT),
         "WADO series metadata (member lists)": (f"{series}/metadata", JSON_ACCEPT),
+        "WADO series (directory file store)": (series, DICOM_ACCEPT),
         "WADO instance (directory file store)": (
             instance_url("", typical["instances"][0]),
             DICOM_ACCEPT,

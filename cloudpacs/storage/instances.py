@@ -339,7 +339,30 @@ class InstanceStore:
         ids = [sop for found in lists if found["study"] == study_uid for sop in found["instances"]]
         fields = {**projection, "study": 1, "series": 1, "project": 1}
         fields.update({key: 1 for key, _ in RETRIEVAL_ORDER})
-        return sorted(await self.read_instances(ids, fields), key=retrieval_order)
+        return sorted(await self._read_listed(ids, fields), key=retrieval_order)
+
+    async def _read_listed(
+        self, sop_uids: Sequence[str], fields: dict[str, Any]
+    ) -> list[dict[str, Any]]:
+        """read_instances, but from the place cache for the instances it holds whose files
+        are still there (one trip to a worker thread checks them all), when `fields` are
+        place fields; the others are read and their places kept."""
+        if self.places is None or not set(fields) - {"_id"} <= PLACE_FIELDS:
+            return await self.read_instances(sop_uids, fields)
+        places = self.places
+        cached = {sop: place for sop in sop_uids if (place := places.get(sop)) is not None}
+        paths = [self.blobs.local_path(place["file_id"]) for place in cached.values()]
+        present = await asyncio.to_thread(_present, paths)
+        for sop, there in zip(list(cached), present, strict=True):
+            if not there:
+                places.stale(sop)  # overwritten or deleted, maybe by another node
+                del cached[sop]
+        missing = [sop for sop in sop_uids if sop not in cached]
+        read = await self.read_instances(missing, dict.fromkeys(PLACE_FIELDS, 1))
+        for doc in read:
+            places.put(doc)
+        found = {**cached, **{doc["_id"]: doc for doc in read}}
+        return [found[sop] for sop in sop_uids if sop in found]
 
     async def open_instance(self, sop_uid: str) -> tuple[dict[str, Any], LocalFile] | None:
         """An instance's place (PLACE_FIELDS) with its stored file open: from the place
@@ -426,3 +449,8 @@ class InstanceStore:
         async with translate_errors():
             async for chunk in self.blobs.read(file_id, offset, length):
                 yield chunk
+
+
+def _present(paths: Sequence[Path | None]) -> list[bool]:
+    """(Blocking: in a worker thread.) Whether each file is there."""
+    return [path is not None and path.is_file() for path in paths]

@@ -1,6 +1,7 @@
 """Where recently read instances are: per app node, so that a repeated WADO-RS instance
 read costs no database lookup (perf/RESULTS.md: the lookup was more than half the CPU of
-such a read, in pymongo and FerretDB).
+such a read, in pymongo and FerretDB), and a repeated series or study retrieval only the
+lookup of its member lists.
 
 An entry is an instance's place (its file, transfer syntax, study, series, project, size):
 fields that only an overwrite or a deletion change, and both delete the instance's file.
@@ -23,7 +24,10 @@ from typing import Any
 
 # What a cached place holds; reads that need other fields go to the database.
 PLACE_FIELDS = frozenset(
-    {"file_id", "transfer_syntax", "study", "series", "project", "size", "meta_file_id"}
+    {
+        *("file_id", "transfer_syntax", "study", "series", "project", "size", "meta_file_id"),
+        *("series_number", "instance_number"),  # the order of a series or study retrieval
+    }
 )
 
 

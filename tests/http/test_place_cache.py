@@ -19,7 +19,7 @@ from cloudpacs.config import Settings
 from cloudpacs.deletion import DeletionService
 from cloudpacs.errors import NotFound
 from cloudpacs.http.app import create_app
-from cloudpacs.ingest import Outcome, Source
+from cloudpacs.ingest import IngestResult, Outcome, Source
 from cloudpacs.metrics import Metrics
 from cloudpacs.retrieve import AS_STORED, RetrieveService
 from cloudpacs.runtime import Runtime, build_runtime
@@ -85,6 +85,13 @@ async def _lookups(client: Client) -> dict[str, float]:
     return found
 
 
+async def _stored_study(
+    runtime: Runtime, folder: Path, n_series: int, per_series: int
+) -> list[tuple[IngestResult, Path]]:
+    written = write_study(folder, n_series=n_series, per_series=per_series)
+    return [(await stored(runtime, path), path) for path, _spec in written]
+
+
 async def _body(client: Client, url: str) -> bytes:
     _, parts = await get_parts(client, url, ANY_DICOM)
     assert len(parts) == 1
@@ -95,16 +102,15 @@ async def _body(client: Client, url: str) -> bytes:
 async def test_a_repeated_read_needs_no_lookup_and_other_nodes_changes_are_seen(
     runtime: Runtime, settings: Settings, tmp_path: Path
 ) -> None:
-    written = write_study(tmp_path / "s", n_series=1, per_series=3)
-    results = [await stored(runtime, path) for path, _spec in written]
-    first, second, third = results
+    written = await _stored_study(runtime, tmp_path / "s", n_series=1, per_series=3)
+    first, second, third = [result for result, _ in written]
     listener = Finds()
     async with (
         node(settings, listener) as (node_a, client_a),
         node(settings) as (node_b, client_b),
     ):
         assert node_a.store.places is not None
-        original = written[0][0].read_bytes()
+        original = written[0][1].read_bytes()
         assert await _body(client_a, instance_url(first)) == original
         listener.finds.clear()
         assert await _body(client_a, instance_url(first)) == original
@@ -126,14 +132,14 @@ async def test_a_repeated_read_needs_no_lookup_and_other_nodes_changes_are_seen(
         assert _patient_ids(await _json(client_a, series_url))[first.sop_uid] == "NEW"
 
         # node B deletes an instance node A has cached: 404 on A, and A forgets it
-        assert await _body(client_a, instance_url(second)) == written[1][0].read_bytes()
+        assert await _body(client_a, instance_url(second)) == written[1][1].read_bytes()
         await DeletionService(node_b.store).delete(Scope(second.study_uid), second.sop_uid)
         response = await client_a.get(instance_url(second), headers={"Accept": ANY_DICOM})
         assert response.status == 404, await response.text()
         assert node_a.store.places.get(second.sop_uid) is None
 
         # a cached place is still checked against the URL and the caller's projects
-        assert await _body(client_a, instance_url(third)) == written[2][0].read_bytes()
+        assert await _body(client_a, instance_url(third)) == written[2][1].read_bytes()
         wrong = instance_url(third).replace(third.study_uid, "1.2.3.999", 1)
         response = await client_a.get(wrong, headers={"Accept": ANY_DICOM})
         assert response.status == 404
@@ -147,6 +153,50 @@ async def test_a_repeated_read_needs_no_lookup_and_other_nodes_changes_are_seen(
         assert node_a.store.places.get(third.sop_uid) is None
         response = await client_a.get(instance_url(third), headers={"Accept": ANY_DICOM})
         assert response.status == 404
+
+
+@pytest.mark.parametrize("file_store_kind", ["directory"])
+async def test_a_repeated_series_retrieval_reads_only_the_member_list(
+    runtime: Runtime, settings: Settings, tmp_path: Path
+) -> None:
+    written = await _stored_study(runtime, tmp_path / "s", n_series=2, per_series=3)
+    first = written[0][0]
+    in_series = [(r, path) for r, path in written if r.series_uid == first.series_uid]
+    series_url = instance_url(first).rsplit("/instances/", 1)[0]
+    study_url = series_url.rsplit("/series/", 1)[0]
+    listener = Finds()
+    async with (
+        node(settings, listener) as (_, client_a),
+        node(settings) as (node_b, _),
+    ):
+        _, parts = await get_parts(client_a, series_url, ANY_DICOM)
+        assert [p.body for p in parts] == [path.read_bytes() for _, path in in_series]
+        listener.finds.clear()
+        _, again = await get_parts(client_a, series_url, ANY_DICOM)
+        assert [p.body for p in again] == [p.body for p in parts]
+        assert _reads(listener) == [], "cached places were looked up again"
+        assert [name for name, _ in listener.finds] == ["series_members"]
+        _, whole = await get_parts(client_a, study_url, ANY_DICOM)
+        assert len(whole) == len(written)
+
+        # node B overwrites one instance of the series and deletes another
+        (changed, _), (gone, _) = in_series[0], in_series[1]
+        node_b.ingestor.conflict_policy = "overwrite"
+        spec = {"study_uid": changed.study_uid, "series_uid": changed.series_uid}
+        write_instance(tmp_path / "new.dcm", **spec, sop_uid=changed.sop_uid, patient_id="NEW")
+        overwritten = await node_b.ingestor.ingest(tmp_path / "new.dcm", Source("test"))
+        assert overwritten.outcome is Outcome.STORED, overwritten.reason
+        await DeletionService(node_b.store).delete(Scope(gone.study_uid), gone.sop_uid)
+        listener.finds.clear()
+        _, now = await get_parts(client_a, series_url, ANY_DICOM)
+        bodies = {p.headers["content-location"].rsplit("/", 1)[1]: p.body for p in now}
+        assert bodies == {
+            changed.sop_uid: (tmp_path / "new.dcm").read_bytes(),
+            **{r.sop_uid: path.read_bytes() for r, path in in_series[2:]},
+        }
+        assert ("instance_reads", {"_id": changed.sop_uid}) in _reads(listener)
+        lookups = await _lookups(client_a)
+        assert lookups["stale"] == 1.0 and lookups["hit"] >= 2 * len(in_series)
 
 
 @pytest.mark.parametrize("file_store_kind", ["gridfs"])
