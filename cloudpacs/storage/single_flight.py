@@ -31,3 +31,5 @@ class SingleFlight(Generic[Key, Result]):
     def _forget(self, key: Key, task: asyncio.Task[Result]) -> None:
         if self._running.get(key) is task:
             del self._running[key]
+        if not task.cancelled():
+            task.exception()  # retrieved, even if every caller was cancelled

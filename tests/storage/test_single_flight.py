@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 
 import pytest
 
@@ -75,3 +76,21 @@ async def test_a_cancelled_caller_does_not_cancel_the_others() -> None:
     assert lookup.calls == ["a"]
     with pytest.raises(asyncio.CancelledError):
         first.result()
+
+
+async def test_a_failure_no_caller_waits_for_is_not_reported_as_unretrieved(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    lookup = FakeLookup()
+    lookup.fail_with = RuntimeError("database gone")
+    flight = SingleFlight(lookup)
+    caller = asyncio.create_task(flight.get("a"))
+    await asyncio.sleep(0)
+    caller.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await caller
+    lookup.release.set()
+    await asyncio.sleep(0.01)  # the lookup fails with no one waiting
+    del caller
+    gc.collect()
+    assert "never retrieved" not in caplog.text
