@@ -23,7 +23,7 @@ import subprocess
 import sys
 import time
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -55,10 +55,14 @@ FILTER = re.compile(r'\\"(?:filter|q|query)\\": (\{[^}]*\})')
 VALUE = re.compile(r'"[0-9a-f.]{12,}"|ObjectId\([^)]*\)|Binary\([^)]*\)|\d{4}-\d\d-\d\dT[\d:.Z]+')
 
 
-def stow(url: str, files: Sequence[Path], clients: int) -> tuple[int, float]:
-    """(stored, seconds) for `files`, after one warm-up request of the first ones."""
+def stow(
+    url: str, files: Sequence[Path], clients: int, after_warm_up: Callable[[], None] = lambda: None
+) -> tuple[int, float]:
+    """(stored, seconds) for `files`, after one warm-up request of the first ones (then
+    `after_warm_up` is called)."""
     boundary, bodies = multipart_bodies(files, PER_REQUEST)
     asyncio.run(stow_clients(url, boundary, bodies[:1], 1, time.perf_counter() + 60))
+    after_warm_up()
     started = time.perf_counter()
     stats = asyncio.run(stow_clients(url, boundary, bodies[1:], clients, started + 3600))
     return stats.stored, time.perf_counter() - started
@@ -127,26 +131,27 @@ def counted_run(files: Sequence[Path], clients: int, folder: Path) -> dict[str, 
         try:
             add_id_lookup_indexes(folder / "db-debug", DATABASE)
             log = folder / "db-debug" / "ferretdb.log"
-            boundary, bodies = multipart_bodies(files, PER_REQUEST)
+            marks: list[int] = []
+
+            def mark() -> None:  # where the measured requests' log lines start
+                time.sleep(1)
+                marks.append(log.stat().st_size)
+
             url = f"{archive.server.base}/dicomweb/studies"
-            asyncio.run(stow_clients(url, boundary, bodies[:1], 1, time.perf_counter() + 60))
-            time.sleep(1)
-            mark = log.stat().st_size
-            deadline = time.perf_counter() + 3600
-            stats = asyncio.run(stow_clients(url, boundary, bodies[1:], clients, deadline))
+            stored, _ = stow(url, files, clients, mark)
             time.sleep(1)
         finally:
             archive.stop()
     finally:
         ferretdb.stop()
     with log.open(errors="replace") as text:
-        text.seek(mark)
+        text.seek(marks[0])
         shapes = command_shapes(text.read())
     total = sum(shapes.values())
     return {
-        "stored": stats.stored,
+        "stored": stored,
         "commands": total,
-        "commands_per_instance": round(total / max(stats.stored, 1), 2),
+        "commands_per_instance": round(total / max(stored, 1), 2),
         "by_shape": dict(shapes.most_common()),
     }
 

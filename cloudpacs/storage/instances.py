@@ -351,12 +351,13 @@ class InstanceStore:
             return await self.read_instances(sop_uids, fields)
         places = self.places
         cached = {sop: place for sop in sop_uids if (place := places.get(sop)) is not None}
-        paths = [self.blobs.local_path(place["file_id"]) for place in cached.values()]
-        present = await asyncio.to_thread(_present, paths)
-        for sop, there in zip(list(cached), present, strict=True):
-            if not there:
-                places.stale(sop)  # overwritten or deleted, maybe by another node
-                del cached[sop]
+        if cached:
+            paths = [self.blobs.local_path(place["file_id"]) for place in cached.values()]
+            present = await asyncio.to_thread(_present, paths)
+            for sop, there in zip(list(cached), present, strict=True):
+                if not there:
+                    places.stale(sop)  # overwritten or deleted, maybe by another node
+                    del cached[sop]
         missing = [sop for sop in sop_uids if sop not in cached]
         read = await self.read_instances(missing, dict.fromkeys(PLACE_FIELDS, 1))
         for doc in read:

@@ -28,6 +28,12 @@ class FakeLookup:
         return f"{key}:{self.calls.count(key)}"
 
 
+async def cancel(caller: asyncio.Task[str]) -> None:
+    caller.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await caller
+
+
 async def test_concurrent_callers_of_one_key_share_one_lookup() -> None:
     lookup = FakeLookup()
     flight = SingleFlight(lookup)
@@ -68,9 +74,7 @@ async def test_a_cancelled_caller_does_not_cancel_the_others() -> None:
     first = asyncio.create_task(flight.get("a"))
     second = asyncio.create_task(flight.get("a"))
     await asyncio.sleep(0)
-    first.cancel()
-    with contextlib.suppress(asyncio.CancelledError):
-        await first
+    await cancel(first)
     lookup.release.set()
     assert await second == "a:1"
     assert lookup.calls == ["a"]
@@ -86,9 +90,7 @@ async def test_a_failure_no_caller_waits_for_is_not_reported_as_unretrieved(
     flight = SingleFlight(lookup)
     caller = asyncio.create_task(flight.get("a"))
     await asyncio.sleep(0)
-    caller.cancel()
-    with contextlib.suppress(asyncio.CancelledError):
-        await caller
+    await cancel(caller)
     lookup.release.set()
     await asyncio.sleep(0.01)  # the lookup fails with no one waiting
     del caller
